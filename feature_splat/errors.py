@@ -1,0 +1,23 @@
+"""Errors raised for bad input. Each names the argument, file or field at fault and what was expected."""
+
+from __future__ import annotations
+
+
+class FeatureSplatError(Exception):
+    """Base class of every error feature-splat raises on purpose."""
+
+
+class InputShapeError(FeatureSplatError, ValueError):
+    """A tensor argument has the wrong shape, dtype or device."""
+
+
+class NonFiniteError(FeatureSplatError, ValueError):
+    """A tensor argument holds NaN or infinite values."""
+
+
+class CameraError(FeatureSplatError, ValueError):
+    """A camera matrix (view matrix or intrinsics) is malformed."""
+
+
+class BackendUnavailableError(FeatureSplatError, RuntimeError):
+    """The requested rasterizer backend cannot run here (missing package or device)."""
