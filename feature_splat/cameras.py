@@ -35,14 +35,18 @@ class Cameras:
 
     def __post_init__(self) -> None:
         if self.viewmats.ndim != 3 or self.viewmats.shape[1:] != (4, 4):
-            raise CameraError(f"Cameras.viewmats: expected [C, 4, 4], got {list(self.viewmats.shape)}")
+            raise CameraError(
+                f"Cameras.viewmats: expected [C, 4, 4], got {list(self.viewmats.shape)}"
+            )
         if self.Ks.shape != (self.viewmats.shape[0], 3, 3):
             raise CameraError(
                 f"Cameras.Ks: expected [{self.viewmats.shape[0]}, 3, 3] to match viewmats, "
                 f"got {list(self.Ks.shape)}"
             )
         if int(self.width) <= 0 or int(self.height) <= 0:
-            raise CameraError(f"Cameras: width and height must be positive, got {self.width}x{self.height}")
+            raise CameraError(
+                f"Cameras: width and height must be positive, got {self.width}x{self.height}"
+            )
 
     def __len__(self) -> int:
         return self.viewmats.shape[0]
@@ -92,7 +96,9 @@ class Cameras:
             bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=c2w.dtype, device=c2w.device)
             c2w = torch.cat([c2w, bottom.expand(c2w.shape[0], 1, 4)], dim=1)
         if c2w.shape[1:] != (4, 4):
-            raise CameraError(f"camtoworlds: expected [C, 3, 4] or [C, 4, 4], got {list(camtoworlds.shape)}")
+            raise CameraError(
+                f"camtoworlds: expected [C, 3, 4] or [C, 4, 4], got {list(camtoworlds.shape)}"
+            )
         if convention == "opengl":
             c2w = c2w @ _OPENGL_TO_OPENCV.to(c2w)
         elif convention != "opencv":
@@ -102,7 +108,9 @@ class Cameras:
         return cls(torch.linalg.inv(c2w), Ks.to(c2w), int(width), int(height))
 
 
-def intrinsics(fx: float, fy: float, cx: float, cy: float, dtype: torch.dtype = torch.float32) -> Tensor:
+def intrinsics(
+    fx: float, fy: float, cx: float, cy: float, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """A pinhole intrinsics matrix [3, 3]."""
     return torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=dtype)
 
@@ -130,7 +138,9 @@ def look_at(eyes: Tensor, targets: Tensor, up: Tensor | None = None) -> Tensor:
     forward = forward / forward.norm(dim=-1, keepdim=True)
     right = torch.cross(forward, up, dim=-1)
     if bool((right.norm(dim=-1) < 1e-6).any()):
-        raise CameraError("look_at: viewing direction is parallel to 'up'; choose another up vector")
+        raise CameraError(
+            "look_at: viewing direction is parallel to 'up'; choose another up vector"
+        )
     right = right / right.norm(dim=-1, keepdim=True)
     down = torch.cross(forward, right, dim=-1)
     rot = torch.stack([right, down, forward], dim=1)  # rows: camera axes in world coordinates

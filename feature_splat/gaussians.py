@@ -28,10 +28,22 @@ from feature_splat.errors import InputShapeError, NonFiniteError
 # Real spherical-harmonic normalisation constants, bands 0..3 (the ordering 3DGS uses).
 SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
-SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,
-         0.5462742152960396)
-SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-         -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+SH_C2 = (
+    1.0925484305920792,
+    -1.0925484305920792,
+    0.31539156525252005,
+    -1.0925484305920792,
+    0.5462742152960396,
+)
+SH_C3 = (
+    -0.5900435899266435,
+    2.890611442640554,
+    -0.4570457994644658,
+    0.3731763325901154,
+    -0.4570457994644658,
+    1.445305721320277,
+    -0.5900435899266435,
+)
 MAX_SH_DEGREE = 3
 
 # Names of the raw parameters in gsplat's convention (its strategies read these keys).
@@ -57,7 +69,9 @@ def sh_degree_from_bases(n_bases: int) -> int:
     """Inverse of :func:`num_sh_bases`."""
     degree = math.isqrt(n_bases) - 1
     if (degree + 1) ** 2 != n_bases or degree > MAX_SH_DEGREE:
-        raise InputShapeError(f"SH coefficients: {n_bases} per channel is not (degree + 1)^2, degree <= 3")
+        raise InputShapeError(
+            f"SH coefficients: {n_bases} per channel is not (degree + 1)^2, degree <= 3"
+        )
     return degree
 
 
@@ -113,9 +127,15 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
     return torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         dim=-1,
     ).reshape(*quats.shape[:-1], 3, 3)
@@ -145,9 +165,13 @@ class GaussianField:
         for name, shape in expected.items():
             value = getattr(self, name)
             if tuple(value.shape) != shape:
-                raise InputShapeError(f"GaussianField.{name}: expected {list(shape)}, got {list(value.shape)}")
+                raise InputShapeError(
+                    f"GaussianField.{name}: expected {list(shape)}, got {list(value.shape)}"
+                )
         if self.shN.ndim != 3 or self.shN.shape[0] != n or self.shN.shape[2] != 3:
-            raise InputShapeError(f"GaussianField.shN: expected [{n}, K-1, 3], got {list(self.shN.shape)}")
+            raise InputShapeError(
+                f"GaussianField.shN: expected [{n}, K-1, 3], got {list(self.shN.shape)}"
+            )
         sh_degree_from_bases(self.shN.shape[1] + 1)
         if self.features.ndim != 2 or self.features.shape[0] != n:
             raise InputShapeError(
@@ -180,7 +204,9 @@ class GaussianField:
             log_scales=torch.log(scales),
             logit_opacities=torch.logit(opacities.clamp(eps, 1 - eps)),
             sh0=rgb_to_sh0(rgb)[:, None, :],
-            shN=torch.zeros(n, num_sh_bases(sh_degree) - 1, 3, dtype=means.dtype, device=means.device),
+            shN=torch.zeros(
+                n, num_sh_bases(sh_degree) - 1, 3, dtype=means.dtype, device=means.device
+            ),
             features=features,
         )
 
@@ -195,7 +221,10 @@ class GaussianField:
     def to_parameters(self) -> torch.nn.ParameterDict:
         """Trainable parameters keyed as gsplat's strategies expect (``scales`` are log-scales, ...)."""
         return torch.nn.ParameterDict(
-            {key: torch.nn.Parameter(getattr(self, field)) for field, key in _PARAMETER_NAMES.items()}
+            {
+                key: torch.nn.Parameter(getattr(self, field))
+                for field, key in _PARAMETER_NAMES.items()
+            }
         )
 
     # -- activations ----------------------------------------------------------------------------
@@ -255,7 +284,10 @@ class GaussianField:
                     f"({parts[0].feature_dim}/{parts[0].sh_degree} vs {part.feature_dim}/{part.sh_degree})"
                 )
         return GaussianField(
-            **{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(GaussianField)}
+            **{
+                f.name: torch.cat([getattr(p, f.name) for p in parts])
+                for f in fields(GaussianField)
+            }
         )
 
     def to(self, device: torch.device | str) -> GaussianField:
@@ -273,5 +305,7 @@ class GaussianField:
         for f in fields(self):
             value = getattr(self, f.name)
             if value.numel() and not bool(torch.isfinite(value).all()):
-                bad = int((~torch.isfinite(value)).reshape(value.shape[0], -1).any(-1).nonzero()[0, 0])
+                bad = int(
+                    (~torch.isfinite(value)).reshape(value.shape[0], -1).any(-1).nonzero()[0, 0]
+                )
                 raise NonFiniteError(f"GaussianField.{f.name}: non-finite value at Gaussian {bad}")

@@ -21,9 +21,9 @@ def _rotation(q: Tensor) -> Tensor:
     """Rotation matrices from quaternions via the left/right quaternion product matrices."""
     q = q / q.norm(dim=-1, keepdim=True)
     w, x, y, z = q.unbind(-1)
-    left = torch.stack(
-        [w, -x, -y, -z, x, w, -z, y, y, z, w, -x, z, -y, x, w], dim=-1
-    ).reshape(-1, 4, 4)
+    left = torch.stack([w, -x, -y, -z, x, w, -z, y, y, z, w, -x, z, -y, x, w], dim=-1).reshape(
+        -1, 4, 4
+    )
     right_conj = torch.stack(
         [w, x, y, z, -x, w, -z, y, -y, z, w, -x, -z, -y, x, w], dim=-1
     ).reshape(-1, 4, 4)
@@ -59,7 +59,9 @@ def oracle_render(
 
     rot_g = _rotation(quats)
     sigma3 = rot_g @ torch.diag_embed(scales**2) @ rot_g.transpose(1, 2)
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=f64), torch.arange(width, dtype=f64), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=f64), torch.arange(width, dtype=f64), indexing="ij"
+    )
     pixels = torch.stack([xs.reshape(-1) + 0.5, ys.reshape(-1) + 0.5], dim=-1)  # [P, 2]
 
     images, depths, alphas = [], [], []

@@ -28,8 +28,18 @@ class Scene:
 
     def with_params(self, params: list[Tensor]) -> Scene:
         means, quats, scales, opacities, features = params
-        return Scene(means, quats, scales, opacities, features, self.viewmats, self.Ks, self.width,
-                     self.height, self.backgrounds)
+        return Scene(
+            means,
+            quats,
+            scales,
+            opacities,
+            features,
+            self.viewmats,
+            self.Ks,
+            self.width,
+            self.height,
+            self.backgrounds,
+        )
 
     def args(self) -> tuple:
         return (*self.params(), self.viewmats, self.Ks, self.width, self.height)
@@ -69,8 +79,12 @@ def random_scene(
     scales = torch.exp(uniform(n, 3, lo=-3.5, hi=-1.5))
     special_means = [
         torch.tensor([[0.1, 0.2, -1.0], [-0.3, 0.1, -3.0]]),  # behind the camera
-        torch.tensor([[0.05, -0.05, near_plane + 0.02], [0.2, 0.1, near_plane - 0.01]]),  # near plane
-        torch.tensor([[8.0, 0.0, 3.0], [0.0, -9.0, 2.5], [3.2, 2.4, 2.0]]),  # off-screen / at the edge
+        torch.tensor(
+            [[0.05, -0.05, near_plane + 0.02], [0.2, 0.1, near_plane - 0.01]]
+        ),  # near plane
+        torch.tensor(
+            [[8.0, 0.0, 3.0], [0.0, -9.0, 2.5], [3.2, 2.4, 2.0]]
+        ),  # off-screen / at the edge
         torch.tensor([[0.0, 0.0, 5.0]]),  # covers the whole image
         torch.tensor([[0.3, -0.2, 4.0], [-0.4, 0.3, 5.5], [0.1, 0.1, 3.0]]),  # sub-pixel
     ]
@@ -90,4 +104,6 @@ def random_scene(
     features = torch.randn(total, dim, generator=g)
     viewmats, Ks = cameras(n_cameras, width, height)
     backgrounds = uniform(n_cameras, dim)
-    return Scene(means, quats, scales, opacities, features, viewmats, Ks, width, height, backgrounds)
+    return Scene(
+        means, quats, scales, opacities, features, viewmats, Ks, width, height, backgrounds
+    )

@@ -18,18 +18,21 @@ from numba import njit, prange
 
 from feature_splat.rasterizer.projection import ALPHA_THRESHOLD, MAX_ALPHA, MIN_TRANSMITTANCE
 
+# Reassociation lets the per-channel loops vectorise; NaN/inf semantics are kept.
+_FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
+
 
 @njit(cache=True, inline="always")
 def _pixel_box(mx, my, rx, ry, x_lo, y_lo, x_hi, y_hi):
     """Pixels (inclusive bounds) whose centres lie in the Gaussian's bounding box, clipped to a tile."""
-    x0 = max(x_lo, int(math.ceil(mx - rx - 0.5)))
-    x1 = min(x_hi, int(math.floor(mx + rx - 0.5)))
-    y0 = max(y_lo, int(math.ceil(my - ry - 0.5)))
-    y1 = min(y_hi, int(math.floor(my + ry - 0.5)))
+    x0 = max(x_lo, math.ceil(mx - rx - 0.5))
+    x1 = min(x_hi, math.floor(mx + rx - 0.5))
+    y0 = max(y_lo, math.ceil(my - ry - 0.5))
+    y1 = min(y_hi, math.floor(my + ry - 0.5))
     return x0, x1, y0, y1
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
 def bin_gaussians(means2d, radii, depth_order, tile_size, tiles_x, tiles_y):
     """List the Gaussians touching each tile, front to back.
 
@@ -45,10 +48,10 @@ def bin_gaussians(means2d, radii, depth_order, tile_size, tiles_x, tiles_y):
             if rx <= 0 or ry <= 0:
                 continue
             mx, my = means2d[c, g, 0], means2d[c, g, 1]
-            tx0 = min(max(0, int(math.floor((mx - rx) / tile_size))), tiles_x)
-            tx1 = min(max(0, int(math.ceil((mx + rx) / tile_size))), tiles_x)
-            ty0 = min(max(0, int(math.floor((my - ry) / tile_size))), tiles_y)
-            ty1 = min(max(0, int(math.ceil((my + ry) / tile_size))), tiles_y)
+            tx0 = min(max(0, math.floor((mx - rx) / tile_size)), tiles_x)
+            tx1 = min(max(0, math.ceil((mx + rx) / tile_size)), tiles_x)
+            ty0 = min(max(0, math.floor((my - ry) / tile_size)), tiles_y)
+            ty1 = min(max(0, math.ceil((my + ry) / tile_size)), tiles_y)
             for ty in range(ty0, ty1):
                 for tx in range(tx0, tx1):
                     counts[1 + c * n_tiles + ty * tiles_x + tx] += 1
@@ -62,10 +65,10 @@ def bin_gaussians(means2d, radii, depth_order, tile_size, tiles_x, tiles_y):
             if rx <= 0 or ry <= 0:
                 continue
             mx, my = means2d[c, g, 0], means2d[c, g, 1]
-            tx0 = min(max(0, int(math.floor((mx - rx) / tile_size))), tiles_x)
-            tx1 = min(max(0, int(math.ceil((mx + rx) / tile_size))), tiles_x)
-            ty0 = min(max(0, int(math.floor((my - ry) / tile_size))), tiles_y)
-            ty1 = min(max(0, int(math.ceil((my + ry) / tile_size))), tiles_y)
+            tx0 = min(max(0, math.floor((mx - rx) / tile_size)), tiles_x)
+            tx1 = min(max(0, math.ceil((mx + rx) / tile_size)), tiles_x)
+            ty0 = min(max(0, math.floor((my - ry) / tile_size)), tiles_y)
+            ty1 = min(max(0, math.ceil((my + ry) / tile_size)), tiles_y)
             for ty in range(ty0, ty1):
                 for tx in range(tx0, tx1):
                     t = c * n_tiles + ty * tiles_x + tx
@@ -74,11 +77,26 @@ def bin_gaussians(means2d, radii, depth_order, tile_size, tiles_x, tiles_y):
     return offsets, ids
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
 def render_forward(
-    means2d, conics, opacities, features, depths, radii, backgrounds, offsets, ids,
-    width, height, tile_size, tiles_x, n_threads,
-    out_features, out_depth, out_transmittance, out_last,
+    means2d,
+    conics,
+    opacities,
+    features,
+    depths,
+    radii,
+    backgrounds,
+    offsets,
+    ids,
+    width,
+    height,
+    tile_size,
+    tiles_x,
+    n_threads,
+    out_features,
+    out_depth,
+    out_transmittance,
+    out_last,
 ):
     """Composite every tile front to back.
 
@@ -120,7 +138,9 @@ def render_forward(
             ca, cb, cc = conics[c, g, 0], conics[c, g, 1], conics[c, g, 2]
             opac = opacities[g]
             z = depths[c, g]
-            x0, x1, y0, y1 = _pixel_box(mx, my, radii[c, g, 0], radii[c, g, 1], x_lo, y_lo, x_hi, y_hi)
+            x0, x1, y0, y1 = _pixel_box(
+                mx, my, radii[c, g, 0], radii[c, g, 1], x_lo, y_lo, x_hi, y_hi
+            )
             for y in range(y0, y1 + 1):
                 dy = my - (y + 0.5)
                 for x in range(x0, x1 + 1):
@@ -157,12 +177,30 @@ def render_forward(
             out_last[c, y, x] = last[th, p]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
 def render_backward(
-    means2d, conics, opacities, features, depths, radii, backgrounds, offsets, ids,
-    width, height, tile_size, tiles_x, n_threads,
-    transmittance, last_ids, grad_features, grad_depth, grad_alpha,
-    isect_grad_features, isect_grad_geometry, tile_grad_background,
+    means2d,
+    conics,
+    opacities,
+    features,
+    depths,
+    radii,
+    backgrounds,
+    offsets,
+    ids,
+    width,
+    height,
+    tile_size,
+    tiles_x,
+    n_threads,
+    transmittance,
+    last_ids,
+    grad_features,
+    grad_depth,
+    grad_alpha,
+    isect_grad_features,
+    isect_grad_geometry,
+    tile_grad_background,
 ):
     """Back-propagate through the compositing of every tile, back to front.
 
@@ -213,7 +251,9 @@ def render_backward(
             ca, cb, cc = conics[c, g, 0], conics[c, g, 1], conics[c, g, 2]
             opac = opacities[g]
             z = depths[c, g]
-            x0, x1, y0, y1 = _pixel_box(mx, my, radii[c, g, 0], radii[c, g, 1], x_lo, y_lo, x_hi, y_hi)
+            x0, x1, y0, y1 = _pixel_box(
+                mx, my, radii[c, g, 0], radii[c, g, 1], x_lo, y_lo, x_hi, y_hi
+            )
             grad_f[th, :] = 0.0
             g_mx = g_my = g_ca = g_cb = g_cc = g_op = g_z = 0.0
             for y in range(y0, y1 + 1):
@@ -266,10 +306,18 @@ def render_backward(
             isect_grad_geometry[k, 6] = g_z
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
 def gather_gradients(
-    offsets, ids, n_cameras, n, isect_grad_features, isect_grad_geometry, n_feature_sets,
-    grad_features, grad_geometry, grad_opacities,
+    offsets,
+    ids,
+    n_cameras,
+    n,
+    isect_grad_features,
+    isect_grad_geometry,
+    n_feature_sets,
+    grad_features,
+    grad_geometry,
+    grad_opacities,
 ):
     """Sum per-intersection gradients into per-Gaussian ones, in a fixed (camera, tile, depth) order.
 

@@ -8,7 +8,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from feature_splat.errors import BackendUnavailableError, CameraError, InputShapeError, NonFiniteError
+from feature_splat.errors import (
+    BackendUnavailableError,
+    CameraError,
+    InputShapeError,
+    NonFiniteError,
+)
 from feature_splat.rasterizer.cpu import rasterize_cpu
 from feature_splat.rasterizer.gsplat_backend import gsplat_available, rasterize_gsplat
 from feature_splat.rasterizer.projection import project
@@ -75,24 +80,58 @@ def rasterize(
         clamped to 0.999, alpha < 1/255 skipped, stop at transmittance <= 1e-4).
     """
     features, backgrounds = _check_inputs(
-        means, quats, scales, opacities, features, viewmats, Ks, width, height,
-        near_plane, far_plane, eps2d, tile_size, backgrounds,
+        means,
+        quats,
+        scales,
+        opacities,
+        features,
+        viewmats,
+        Ks,
+        width,
+        height,
+        near_plane,
+        far_plane,
+        eps2d,
+        tile_size,
+        backgrounds,
     )
     backend = _choose_backend(backend, means)
     n_cameras = viewmats.shape[0]
     if backend == "gsplat":
         feats, raw_depth, alpha, meta = rasterize_gsplat(
-            means, quats, scales, opacities, features, viewmats, Ks, width, height,
-            near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, tile_size=tile_size,
+            means,
+            quats,
+            scales,
+            opacities,
+            features,
+            viewmats,
+            Ks,
+            width,
+            height,
+            near_plane=near_plane,
+            far_plane=far_plane,
+            eps2d=eps2d,
+            tile_size=tile_size,
             backgrounds=backgrounds,
         )
     else:
         proj = project(
-            means, quats, scales, opacities, viewmats, Ks, width, height,
-            near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
+            means,
+            quats,
+            scales,
+            opacities,
+            viewmats,
+            Ks,
+            width,
+            height,
+            near_plane=near_plane,
+            far_plane=far_plane,
+            eps2d=eps2d,
         )
         composite = rasterize_reference if backend == "reference" else rasterize_cpu
-        feats, raw_depth, alpha = composite(proj, opacities, features, backgrounds, width, height, tile_size)
+        feats, raw_depth, alpha = composite(
+            proj, opacities, features, backgrounds, width, height, tile_size
+        )
         meta = {
             "width": width,
             "height": height,
@@ -113,7 +152,9 @@ def _choose_backend(backend: str, means: Tensor) -> str:
     if backend == "auto":
         return "gsplat" if means.is_cuda and gsplat_available() else "cpu"
     if backend not in BACKENDS:
-        raise BackendUnavailableError(f"backend: expected one of {('auto', *BACKENDS)}, got {backend!r}")
+        raise BackendUnavailableError(
+            f"backend: expected one of {('auto', *BACKENDS)}, got {backend!r}"
+        )
     if backend == "cpu" and means.device.type != "cpu":
         raise BackendUnavailableError(
             f"backend 'cpu': tensors are on {means.device}; move them to the CPU or use 'gsplat'"
@@ -124,7 +165,9 @@ def _choose_backend(backend: str, means: Tensor) -> str:
 def _check_shape(name: str, value: Tensor, shape: tuple[int | None, ...], hint: str) -> None:
     if not isinstance(value, Tensor):
         raise InputShapeError(f"{name}: expected a torch.Tensor {hint}, got {type(value).__name__}")
-    ok = value.ndim == len(shape) and all(s is None or s == v for s, v in zip(shape, value.shape))
+    ok = value.ndim == len(shape) and all(
+        s is None or s == v for s, v in zip(shape, value.shape, strict=True)
+    )
     if not ok:
         raise InputShapeError(f"{name}: expected shape {hint}, got {list(value.shape)}")
     if not value.is_floating_point():
@@ -139,8 +182,20 @@ def _check_finite(name: str, value: Tensor) -> None:
 
 
 def _check_inputs(
-    means, quats, scales, opacities, features, viewmats, Ks, width, height,
-    near_plane, far_plane, eps2d, tile_size, backgrounds,
+    means,
+    quats,
+    scales,
+    opacities,
+    features,
+    viewmats,
+    Ks,
+    width,
+    height,
+    near_plane,
+    far_plane,
+    eps2d,
+    tile_size,
+    backgrounds,
 ) -> tuple[Tensor, Tensor]:
     """Validate every argument; returns features as [1 or C, N, D] and backgrounds as [C, D]."""
     _check_shape("means", means, (None, 3), "[N, 3]")
@@ -160,7 +215,9 @@ def _check_inputs(
         features = features[None]
     _check_shape("features", features, (None, n, None), f"[{n}, D] or [{n_cameras}, {n}, D]")
     if features.shape[0] not in (1, n_cameras):
-        raise InputShapeError(f"features: leading dimension must be C = {n_cameras}, got {features.shape[0]}")
+        raise InputShapeError(
+            f"features: leading dimension must be C = {n_cameras}, got {features.shape[0]}"
+        )
     dim = features.shape[-1]
     if dim < 1:
         raise InputShapeError("features: expected at least one channel (D >= 1), got D = 0")
@@ -168,7 +225,9 @@ def _check_inputs(
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise InputShapeError(f"{name}: expected a positive int, got {value!r}")
     if not 0 < near_plane < far_plane:
-        raise CameraError(f"near_plane/far_plane: expected 0 < near < far, got {near_plane}, {far_plane}")
+        raise CameraError(
+            f"near_plane/far_plane: expected 0 < near < far, got {near_plane}, {far_plane}"
+        )
     if eps2d < 0:
         raise InputShapeError(f"eps2d: expected >= 0, got {eps2d}")
 
@@ -176,12 +235,19 @@ def _check_inputs(
     if len(devices) > 1:
         raise InputShapeError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
     for name, value in (
-        ("means", means), ("quats", quats), ("scales", scales), ("opacities", opacities),
-        ("features", features), ("viewmats", viewmats), ("Ks", Ks),
+        ("means", means),
+        ("quats", quats),
+        ("scales", scales),
+        ("opacities", opacities),
+        ("features", features),
+        ("viewmats", viewmats),
+        ("Ks", Ks),
     ):
         _check_finite(name, value)
     if bool((scales.detach() < 0).any()):
-        raise InputShapeError("scales: expected non-negative (activated) scales; pass exp(log_scales)")
+        raise InputShapeError(
+            "scales: expected non-negative (activated) scales; pass exp(log_scales)"
+        )
     if bool(((opacities.detach() < 0) | (opacities.detach() > 1)).any()):
         raise InputShapeError("opacities: expected values in [0, 1]; pass sigmoid(logits)")
     if bool((quats.detach().norm(dim=-1) < 1e-12).any()):
@@ -193,7 +259,9 @@ def _check_inputs(
     else:
         if backgrounds.ndim == 1:
             backgrounds = backgrounds.expand(n_cameras, -1)
-        _check_shape("backgrounds", backgrounds, (n_cameras, dim), f"[{n_cameras}, {dim}] or [{dim}]")
+        _check_shape(
+            "backgrounds", backgrounds, (n_cameras, dim), f"[{n_cameras}, {dim}] or [{dim}]"
+        )
         _check_finite("backgrounds", backgrounds)
     return features, backgrounds
 
@@ -204,7 +272,9 @@ def _check_cameras(viewmats: Tensor, Ks: Tensor) -> None:
     bad = (bottom - expected).abs().amax(dim=-1) > 1e-6
     if bool(bad.any()):
         cam = int(bad.nonzero()[0])
-        raise CameraError(f"viewmats[{cam}]: last row must be [0, 0, 0, 1], got {bottom[cam].tolist()}")
+        raise CameraError(
+            f"viewmats[{cam}]: last row must be [0, 0, 0, 1], got {bottom[cam].tolist()}"
+        )
     rot = viewmats[:, :3, :3].double()
     eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
     ortho_error = (rot @ rot.transpose(1, 2) - eye).abs().amax(dim=(1, 2))
@@ -218,8 +288,15 @@ def _check_cameras(viewmats: Tensor, Ks: Tensor) -> None:
             f"det = {float(det[cam]):.3g}"
         )
     bad_focal = (Ks[:, 0, 0] <= 0) | (Ks[:, 1, 1] <= 0)
-    bad_form = (Ks[:, 0, 1].abs() > 0) | (Ks[:, 1, 0].abs() > 0) | (
-        (Ks[:, 2] - torch.tensor([0.0, 0.0, 1.0], dtype=Ks.dtype, device=Ks.device)).abs().amax(-1) > 1e-6
+    bad_form = (
+        (Ks[:, 0, 1].abs() > 0)
+        | (Ks[:, 1, 0].abs() > 0)
+        | (
+            (Ks[:, 2] - torch.tensor([0.0, 0.0, 1.0], dtype=Ks.dtype, device=Ks.device))
+            .abs()
+            .amax(-1)
+            > 1e-6
+        )
     )
     bad = bad_focal | bad_form
     if bool(bad.any()):

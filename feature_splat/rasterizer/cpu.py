@@ -40,22 +40,43 @@ class _Composite(torch.autograd.Function):
         radii_np = radii.to(torch.int32).contiguous().numpy()
         depth_order = torch.sort(depths.detach(), dim=1, stable=True).indices.numpy()
         n_threads = _configure_threads()
-        offsets, ids = kernels.bin_gaussians(arrays[0], radii_np, depth_order, tile_size, tiles_x, tiles_y)
+        offsets, ids = kernels.bin_gaussians(
+            arrays[0], radii_np, depth_order, tile_size, tiles_x, tiles_y
+        )
         out_features = np.empty((n_cameras, height, width, dim), np.float32)
         out_depth = np.empty((n_cameras, height, width), np.float32)
         transmittance = np.empty((n_cameras, height, width), np.float64)
         last_ids = np.empty((n_cameras, height, width), np.int64)
         means2d_np, conics_np, opacities_np, features_np, depths_np, backgrounds_np = arrays
         kernels.render_forward(
-            means2d_np, conics_np, opacities_np, features_np, depths_np, radii_np, backgrounds_np,
-            offsets, ids, width, height, tile_size, tiles_x, n_threads,
-            out_features, out_depth, transmittance, last_ids,
+            means2d_np,
+            conics_np,
+            opacities_np,
+            features_np,
+            depths_np,
+            radii_np,
+            backgrounds_np,
+            offsets,
+            ids,
+            width,
+            height,
+            tile_size,
+            tiles_x,
+            n_threads,
+            out_features,
+            out_depth,
+            transmittance,
+            last_ids,
         )
         ctx.arrays, ctx.radii, ctx.size = arrays, radii_np, size
         ctx.bins, ctx.transmittance, ctx.last_ids = (offsets, ids), transmittance, last_ids
         ctx.dtypes = [t.dtype for t in (means2d, conics, opacities, features, depths, backgrounds)]
         alpha = torch.from_numpy((1.0 - transmittance).astype(np.float32))
-        return torch.from_numpy(out_features), torch.from_numpy(out_depth)[..., None], alpha[..., None]
+        return (
+            torch.from_numpy(out_features),
+            torch.from_numpy(out_depth)[..., None],
+            alpha[..., None],
+        )
 
     @staticmethod
     def backward(ctx, grad_features, grad_depth, grad_alpha):
@@ -70,25 +91,57 @@ class _Composite(torch.autograd.Function):
         isect_grad_geometry = np.empty((len(ids), 7), np.float32)
         tile_grad_background = np.zeros((len(offsets) - 1, dim), np.float64)
         kernels.render_backward(
-            means2d, conics, opacities, features, depths, ctx.radii, backgrounds, offsets, ids,
-            width, height, tile_size, tiles_x, n_threads,
-            ctx.transmittance, ctx.last_ids,
-            _numpy(grad_features), _numpy(grad_depth[..., 0]), _numpy(grad_alpha[..., 0]),
-            isect_grad_features, isect_grad_geometry, tile_grad_background,
+            means2d,
+            conics,
+            opacities,
+            features,
+            depths,
+            ctx.radii,
+            backgrounds,
+            offsets,
+            ids,
+            width,
+            height,
+            tile_size,
+            tiles_x,
+            n_threads,
+            ctx.transmittance,
+            ctx.last_ids,
+            _numpy(grad_features),
+            _numpy(grad_depth[..., 0]),
+            _numpy(grad_alpha[..., 0]),
+            isect_grad_features,
+            isect_grad_geometry,
+            tile_grad_background,
         )
         grad_feature_sets = np.zeros(features.shape, np.float32)
         grad_geometry = np.zeros((n_cameras, n, 6), np.float32)
         grad_opacities = np.zeros(n, np.float32)
         kernels.gather_gradients(
-            offsets, ids, n_cameras, n, isect_grad_features, isect_grad_geometry, features.shape[0],
-            grad_feature_sets, grad_geometry, grad_opacities,
+            offsets,
+            ids,
+            n_cameras,
+            n,
+            isect_grad_features,
+            isect_grad_geometry,
+            features.shape[0],
+            grad_feature_sets,
+            grad_geometry,
+            grad_opacities,
         )
         grad_background = tile_grad_background.reshape(n_cameras, -1, dim).sum(axis=1)
         grads = [
-            grad_geometry[..., 0:2], grad_geometry[..., 2:5], grad_opacities, grad_feature_sets,
-            grad_geometry[..., 5], grad_background,
+            grad_geometry[..., 0:2],
+            grad_geometry[..., 2:5],
+            grad_opacities,
+            grad_feature_sets,
+            grad_geometry[..., 5],
+            grad_background,
         ]
-        grads = [torch.from_numpy(np.ascontiguousarray(g)).to(dt) for g, dt in zip(grads, ctx.dtypes)]
+        grads = [
+            torch.from_numpy(np.ascontiguousarray(g)).to(dt)
+            for g, dt in zip(grads, ctx.dtypes, strict=True)
+        ]
         return (*grads, None, None)
 
 
@@ -103,6 +156,12 @@ def rasterize_cpu(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Composite projected Gaussians; returns features [C,H,W,D], raw depth [C,H,W,1], alpha [C,H,W,1]."""
     return _Composite.apply(
-        proj.means2d, proj.conics, opacities, features, proj.depths, backgrounds, proj.radii,
+        proj.means2d,
+        proj.conics,
+        opacities,
+        features,
+        proj.depths,
+        backgrounds,
+        proj.radii,
         (width, height, tile_size),
     )

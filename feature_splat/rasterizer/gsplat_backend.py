@@ -37,7 +37,9 @@ def rasterize_gsplat(
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
     """Render with gsplat; returns features, raw depth (sum_i w_i z_i), alpha and gsplat's meta."""
     if not means.is_cuda:
-        raise BackendUnavailableError("backend 'gsplat': needs CUDA tensors; use backend='cpu' on the CPU")
+        raise BackendUnavailableError(
+            "backend 'gsplat': needs CUDA tensors; use backend='cpu' on the CPU"
+        )
     try:
         from gsplat import rasterization
     except ImportError as err:
@@ -46,9 +48,23 @@ def rasterize_gsplat(
         ) from err
     colors = features[0] if features.shape[0] == 1 else features
     renders, alphas, meta = rasterization(
-        means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-        near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, tile_size=tile_size,
-        backgrounds=backgrounds, render_mode="RGB+ED", packed=False, sh_degree=None,
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats,
+        Ks,
+        width,
+        height,
+        near_plane=near_plane,
+        far_plane=far_plane,
+        eps2d=eps2d,
+        tile_size=tile_size,
+        backgrounds=backgrounds,
+        render_mode="RGB+ED",
+        packed=False,
+        sh_degree=None,
     )
     expected_depth = renders[..., -1:]
     # gsplat divides depth by alpha (clamped at 1e-10); undo it so every backend returns raw depth.

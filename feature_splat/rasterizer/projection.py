@@ -102,7 +102,10 @@ def project(
         radius_y = torch.ceil(extent * torch.sqrt(c.detach().clamp_min(0)))
         mx, my = means2d.detach().unbind(-1)
         on_screen = (
-            (mx + radius_x > 0) & (mx - radius_x < width) & (my + radius_y > 0) & (my - radius_y < height)
+            (mx + radius_x > 0)
+            & (mx - radius_x < width)
+            & (my + radius_y > 0)
+            & (my - radius_y < height)
         )
         valid = valid & on_screen & ((radius_x > 0) | (radius_y > 0))
         radii = torch.stack([radius_x, radius_y], dim=-1).to(torch.int32) * valid[..., None]

@@ -29,7 +29,9 @@ from feature_splat.rasterizer.projection import (
 _BATCH_ELEMENTS = 1 << 22
 
 
-def tile_intersections(proj: Projected, width: int, height: int, tile_size: int) -> tuple[Tensor, Tensor]:
+def tile_intersections(
+    proj: Projected, width: int, height: int, tile_size: int
+) -> tuple[Tensor, Tensor]:
     """(tile, Gaussian) pairs sorted by tile, then depth (front to back).
 
     Returns ``tile_ids`` [M] (global: camera * n_tiles + tile) and ``gaussian_ids`` [M].
@@ -103,8 +105,19 @@ def rasterize_reference(
         ids = torch.arange(tile, tile + batch, device=device)
         outputs.append(
             _composite_tiles(
-                ids, starts[ids], counts[ids], longest, gaussian_ids, proj, opacities, features,
-                backgrounds, local_xy, tiles_x, tiles_y, tile_size,
+                ids,
+                starts[ids],
+                counts[ids],
+                longest,
+                gaussian_ids,
+                proj,
+                opacities,
+                features,
+                backgrounds,
+                local_xy,
+                tiles_x,
+                tiles_y,
+                tile_size,
             )
         )
         tile += batch

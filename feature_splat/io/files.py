@@ -1,0 +1,42 @@
+"""Atomic file writes: data goes to a temporary file beside the target, then is renamed over it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (readers see the old file or the new one, never half)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    return atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def write_png(path: str | Path, image: Tensor) -> Path:
+    """Write an image [H, W, 3] or [H, W, 1] with values in [0, 1] as PNG, atomically."""
+    from torchvision.io import encode_png
+
+    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    return atomic_write_bytes(path, bytes(encode_png(pixels.permute(2, 0, 1).contiguous()).numpy()))

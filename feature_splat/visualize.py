@@ -1,0 +1,42 @@
+"""Turn rendered maps into images a person can look at."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def pca_rgb(features: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Project features [H, W, D] on their first three principal components, scaled to [0, 1].
+
+    Fewer than three channels are padded with zeros. ``mask`` [H, W] selects the pixels that define
+    the components and the colour range (default: all).
+    """
+    h, w, d = features.shape
+    flat = features.detach().reshape(-1, d).float()
+    chosen = flat if mask is None else flat[mask.reshape(-1)]
+    if chosen.shape[0] < 2:
+        chosen = flat
+    mean = chosen.mean(0)
+    if d > 3:
+        _, _, basis = torch.pca_lowrank(chosen - mean, q=3, center=False, niter=4)
+        projected, reference = (flat - mean) @ basis, (chosen - mean) @ basis
+    else:
+        pad = torch.zeros(flat.shape[0], 3 - d)
+        projected = torch.cat([flat - mean, pad], dim=1)
+        reference = torch.cat([chosen - mean, torch.zeros(chosen.shape[0], 3 - d)], dim=1)
+    lo = torch.quantile(reference, 0.01, dim=0)
+    hi = torch.quantile(reference, 0.99, dim=0)
+    return ((projected - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1).reshape(h, w, 3)
+
+
+def depth_rgb(depth: Tensor, alpha: Tensor) -> Tensor:
+    """Grey-scale depth [H, W, 1] (near = bright) over black where nothing was rendered."""
+    covered = alpha[..., 0] > 0.5
+    if not bool(covered.any()):
+        return torch.zeros(*depth.shape[:2], 3)
+    values = depth[..., 0][covered]
+    lo, hi = float(values.min()), float(values.max())
+    grey = 1.0 - (depth[..., 0] - lo) / max(hi - lo, 1e-8)
+    grey = torch.where(covered, 0.15 + 0.85 * grey.clamp(0, 1), torch.zeros_like(grey))
+    return grey[..., None].expand(-1, -1, 3)
