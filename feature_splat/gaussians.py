@@ -172,7 +172,12 @@ class GaussianField:
             raise InputShapeError(
                 f"GaussianField.shN: expected [{n}, K-1, 3], got {list(self.shN.shape)}"
             )
-        sh_degree_from_bases(self.shN.shape[1] + 1)
+        n_bases = self.shN.shape[1] + 1
+        if n_bases not in (1, 4, 9, 16):
+            raise InputShapeError(
+                f"GaussianField.shN: {n_bases} SH coefficients per channel (with sh0) is not "
+                "(degree + 1)^2 for a degree in 0..3"
+            )
         if self.features.ndim != 2 or self.features.shape[0] != n:
             raise InputShapeError(
                 f"GaussianField.features: expected [{n}, F], got {list(self.features.shape)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 
@@ -36,7 +38,9 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 def write_png(path: str | Path, image: Tensor) -> Path:
     """Write an image [H, W, 3] or [H, W, 1] with values in [0, 1] as PNG, atomically."""
-    from torchvision.io import encode_png
-
     pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    return atomic_write_bytes(path, bytes(encode_png(pixels.permute(2, 0, 1).contiguous()).numpy()))
+    if pixels.shape[-1] == 1:
+        pixels = pixels.expand(-1, -1, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.contiguous().numpy()).save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())
