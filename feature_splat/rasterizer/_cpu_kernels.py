@@ -32,6 +32,22 @@ def _pixel_box(mx, my, rx, ry, x_lo, y_lo, x_hi, y_hi):
     return x0, x1, y0, y1
 
 
+@njit(cache=True, inline="always")
+def _row_span(mx, dy, ca, cb, cc, s_max, x0, x1):
+    """Pixels of one row (inclusive, within [x0, x1]) where sigma <= s_max, i.e. alpha >= 1/255.
+
+    Solves 0.5 a dx^2 + b dy dx + 0.5 c dy^2 <= s_max for dx = mx - (x + 0.5), widened by 1e-3 px;
+    the caller still applies the exact alpha test, so the span only saves work.
+    """
+    disc = cb * cb * dy * dy - ca * (cc * dy * dy - 2.0 * s_max)
+    if disc < 0.0:
+        return 1, 0
+    root = math.sqrt(disc)
+    centre = mx - 0.5 + cb * dy / ca
+    half = root / ca + 1e-3
+    return max(x0, math.ceil(centre - half)), min(x1, math.floor(centre + half))
+
+
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
 def bin_gaussians(means2d, radii, depth_order, tile_size, tiles_x, tiles_y):
     """List the Gaussians touching each tile, front to back.
@@ -141,9 +157,11 @@ def render_forward(
             x0, x1, y0, y1 = _pixel_box(
                 mx, my, radii[c, g, 0], radii[c, g, 1], x_lo, y_lo, x_hi, y_hi
             )
+            s_max = math.log(opac / ALPHA_THRESHOLD)
             for y in range(y0, y1 + 1):
                 dy = my - (y + 0.5)
-                for x in range(x0, x1 + 1):
+                xa, xb = _row_span(mx, dy, ca, cb, cc, s_max, x0, x1)
+                for x in range(xa, xb + 1):
                     p = (y - y_lo) * tw + (x - x_lo)
                     if done[th, p]:
                         continue
@@ -151,7 +169,7 @@ def render_forward(
                     sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
                     if sigma < 0.0:
                         continue
-                    alpha = min(MAX_ALPHA, opac * math.exp(-sigma))
+                    alpha = min(MAX_ALPHA, opac * math.exp(np.float32(-sigma)))
                     if alpha < ALPHA_THRESHOLD:
                         continue
                     t_p = trans[th, p]
@@ -256,9 +274,11 @@ def render_backward(
             )
             grad_f[th, :] = 0.0
             g_mx = g_my = g_ca = g_cb = g_cc = g_op = g_z = 0.0
+            s_max = math.log(opac / ALPHA_THRESHOLD)
             for y in range(y0, y1 + 1):
                 dy = my - (y + 0.5)
-                for x in range(x0, x1 + 1):
+                xa, xb = _row_span(mx, dy, ca, cb, cc, s_max, x0, x1)
+                for x in range(xa, xb + 1):
                     if k > last_ids[c, y, x]:
                         continue
                     p = (y - y_lo) * tw + (x - x_lo)
@@ -266,7 +286,7 @@ def render_backward(
                     sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
                     if sigma < 0.0:
                         continue
-                    vis = math.exp(-sigma)
+                    vis = math.exp(np.float32(-sigma))
                     alpha = min(MAX_ALPHA, opac * vis)
                     if alpha < ALPHA_THRESHOLD:
                         continue
