@@ -9,11 +9,90 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import tyro
+from rich.console import Console
 
 from feature_splat.bench.raster import RasterBenchConfig, run_raster_bench
+from feature_splat.bench.speedup import SpeedupBenchConfig, run_speedup_bench
+from feature_splat.demo import DemoConfig
+from feature_splat.training.config import TrainConfig
+
+
+@dataclass
+class EvalConfig:
+    """Re-evaluate a run folder on its held-out views."""
+
+    run: tyro.conf.Positional[Path]
+
+
+@dataclass
+class RenderConfig:
+    """Render a trained field: dataset views or an orbit; writes RGB, depth and feature PCA PNGs."""
+
+    run: tyro.conf.Positional[Path]
+    views: tuple[int, ...] = ()
+    """Dataset view indices to render (default: the held-out views)."""
+    orbit: int = 0
+    """Render this many views on an orbit around the scene instead."""
+    out: Path | None = None
+    """Output folder (default: RUN/rendered)."""
+
+
+@dataclass
+class WorldsExportConfig:
+    """Export a built-in synthetic world in nerfstudio format (images, cameras, splits)."""
+
+    name: tyro.conf.Positional[str]
+    out: tyro.conf.Positional[Path]
+    width: int = 128
+    height: int = 96
+    seed: int = 0
+
+
+def _train(config: TrainConfig) -> None:
+    from feature_splat.training.run import train
+
+    _print_metrics(train(config).metrics, f"run folder: {config.out}")
+
+
+def _demo(config: DemoConfig) -> None:
+    from feature_splat.demo import run_demo
+
+    run_demo(config)
+
+
+def _eval(config: EvalConfig) -> None:
+    from feature_splat.training.run import evaluate_run
+
+    _print_metrics(evaluate_run(config.run), f"metrics: {config.run / 'metrics.json'}")
+
+
+def _render(config: RenderConfig) -> None:
+    from feature_splat.training.run import render_run
+
+    out = render_run(config.run, views=list(config.views), orbit=config.orbit, out=config.out)
+    Console().print(f"renders: {out}")
+
+
+def _worlds_export(config: WorldsExportConfig) -> None:
+    from feature_splat.data.nerfstudio import export_nerfstudio
+    from feature_splat.data.synthetic import load_world
+
+    dataset = load_world(config.name, width=config.width, height=config.height, seed=config.seed)
+    Console().print(f"exported {len(dataset)} views to {export_nerfstudio(dataset, config.out)}")
+
+
+def _print_metrics(metrics: dict, where: str) -> None:
+    console = Console()
+    shown = {k: v for k, v in metrics.items() if isinstance(v, float | int)}
+    for key, value in shown.items():
+        console.print(
+            f"  {key:<28} {value:.4f}" if isinstance(value, float) else f"  {key:<28} {value}"
+        )
+    console.print(where)
 
 
 @dataclass(frozen=True)
@@ -24,8 +103,22 @@ class Command:
 
 
 COMMANDS: dict[tuple[str, ...], Command] = {
+    ("demo",): Command(DemoConfig, _demo, "the main job: distil, evaluate, query a built-in world"),
+    ("train",): Command(TrainConfig, _train, "distil a teacher into a Gaussian feature field"),
+    ("eval",): Command(EvalConfig, _eval, "re-evaluate a run folder on its held-out views"),
+    ("render",): Command(
+        RenderConfig, _render, "render a run's field at dataset views or an orbit"
+    ),
+    ("worlds", "export"): Command(
+        WorldsExportConfig, _worlds_export, "export a built-in world in nerfstudio format"
+    ),
     ("bench", "raster"): Command(
         RasterBenchConfig, run_raster_bench, "time every rasterizer backend (results.json + PNGs)"
+    ),
+    ("bench", "speedup"): Command(
+        SpeedupBenchConfig,
+        run_speedup_bench,
+        "speed-up decoder: F channels + decoder vs direct F = M",
     ),
 }
 

@@ -21,3 +21,11 @@ class CameraError(FeatureSplatError, ValueError):
 
 class BackendUnavailableError(FeatureSplatError, RuntimeError):
     """The requested rasterizer backend cannot run here (missing package or device)."""
+
+
+class DatasetError(FeatureSplatError, ValueError):
+    """A dataset file is missing, malformed or inconsistent; the message names the file and field."""
+
+
+class CheckpointError(FeatureSplatError, ValueError):
+    """A checkpoint, PLY or run folder is missing, corrupt or does not match the configuration."""

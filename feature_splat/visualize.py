@@ -40,3 +40,24 @@ def depth_rgb(depth: Tensor, alpha: Tensor) -> Tensor:
     grey = 1.0 - (depth[..., 0] - lo) / max(hi - lo, 1e-8)
     grey = torch.where(covered, 0.15 + 0.85 * grey.clamp(0, 1), torch.zeros_like(grey))
     return grey[..., None].expand(-1, -1, 3)
+
+
+def label_rgb(labels: Tensor) -> Tensor:
+    """A colour per integer label [H, W] -> [H, W, 3] (a fixed, well-spread palette)."""
+    golden = 0.618033988749895
+    hue = (labels.float() * golden) % 1.0
+    k = torch.tensor([5.0, 3.0, 1.0])
+    # HSV -> RGB with saturation 0.65 and value 0.95.
+    channel = (k + hue[..., None] * 6.0) % 6.0
+    weight = torch.clamp(torch.minimum(channel, 4.0 - channel), 0.0, 1.0)
+    return 0.95 - 0.95 * 0.65 * weight
+
+
+def heat_rgb(values: Tensor, lo: float | None = None, hi: float | None = None) -> Tensor:
+    """A blue -> yellow -> red ramp for a map [H, W] (range from its 1st/99th percentiles by default)."""
+    values = values.detach().float()
+    lo = float(torch.quantile(values, 0.01)) if lo is None else lo
+    hi = float(torch.quantile(values, 0.99)) if hi is None else hi
+    t = ((values - lo) / max(hi - lo, 1e-8)).clamp(0, 1)[..., None]
+    cold, mid, hot = (torch.tensor(c) for c in ([0.1, 0.2, 0.8], [1.0, 0.9, 0.2], [0.85, 0.1, 0.1]))
+    return torch.where(t < 0.5, cold + (mid - cold) * 2 * t, mid + (hot - mid) * (2 * t - 1))

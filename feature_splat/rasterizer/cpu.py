@@ -155,7 +155,7 @@ def rasterize_cpu(
     tile_size: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Composite projected Gaussians; returns features [C,H,W,D], raw depth [C,H,W,1], alpha [C,H,W,1]."""
-    return _Composite.apply(
+    outputs = _Composite.apply(
         proj.means2d,
         proj.conics,
         opacities,
@@ -165,3 +165,4 @@ def rasterize_cpu(
         proj.radii,
         (width, height, tile_size),
     )
+    return tuple(t.to(features.dtype) for t in outputs)

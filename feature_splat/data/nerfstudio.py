@@ -1,0 +1,252 @@
+"""Read and write nerfstudio ``transforms.json`` datasets with distortion-free pinhole cameras.
+
+Image names: each view is named by its image's path relative to the dataset folder, without the
+extension (``images/frame_0001``); exporters write a view under the last part of that name.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from feature_splat.cameras import Cameras, intrinsics
+from feature_splat.data.dataset import Dataset
+from feature_splat.data.files import (
+    as_number,
+    as_pixels,
+    background_color,
+    export_names,
+    holdout_split,
+    opengl_camtoworlds,
+    path_field,
+    ply_bytes,
+    prepare_export,
+    read_camtoworld,
+    read_json,
+    read_mask,
+    read_ply_points,
+    read_rgb,
+    shown,
+    stack_images,
+    view_name,
+    write_mask_png,
+)
+from feature_splat.errors import DatasetError
+from feature_splat.io.files import atomic_write_bytes, write_json, write_png
+
+_PINHOLE_MODELS = ("PINHOLE", "OPENCV")
+_DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+
+
+def load_nerfstudio(
+    path: str | Path,
+    *,
+    background: Sequence[float] = (1.0, 1.0, 1.0),
+    holdout_every: int = 8,
+) -> Dataset:
+    """Load a nerfstudio dataset from its ``transforms.json`` or the folder holding it.
+
+    Intrinsics ``fl_x, fl_y, cx, cy, w, h`` may be given per frame or at the top level (per frame
+    wins); distortion must be absent or zero. Views keep the order of ``frames``. The split comes
+    from ``train_filenames`` and ``test_filenames`` (or ``val_filenames``) when given, else every
+    ``holdout_every``-th view (0, 8, 16, ...) is a test view. RGBA images are composited over
+    ``background``; ``mask_path`` masks are grey PNGs (> 0.5 = valid); ``ply_file_path`` points
+    are read when given.
+    """
+    json_path = Path(path)
+    if json_path.is_dir():
+        json_path = json_path / "transforms.json"
+    meta = read_json(json_path)
+    source, root = json_path.name, json_path.parent
+    color = background_color(background)
+
+    model = meta.get("camera_model", "PINHOLE")
+    if model not in _PINHOLE_MODELS:
+        raise DatasetError(
+            f"{source}: camera_model: {model!r} is not supported; only distortion-free pinhole "
+            f"cameras are (PINHOLE, or OPENCV with zero distortion)"
+        )
+    frames = meta.get("frames")
+    if not isinstance(frames, list) or not frames:
+        raise DatasetError(f"{source}: frames: expected a non-empty list, got {shown(frames)}")
+    views = [_parse_frame(meta, frame, index, source) for index, frame in enumerate(frames)]
+
+    images, masks, wheres = [], [], []
+    for view in views:
+        where = f"{source}: frames[{view.index}].file_path: {view.file_path}"
+        image = read_rgb(root / view.file_path, color, where)
+        if image.shape[:2] != (view.height, view.width):
+            raise DatasetError(
+                f"{where} is {image.shape[1]}x{image.shape[0]}, but its w, h say "
+                f"{view.width}x{view.height}"
+            )
+        images.append(image)
+        wheres.append(where)
+        if view.mask_path is not None:
+            mask_where = f"{source}: frames[{view.index}].mask_path: {view.mask_path}"
+            mask = read_mask(root / view.mask_path, mask_where)
+            if mask.shape != image.shape[:2]:
+                raise DatasetError(
+                    f"{mask_where} is {mask.shape[1]}x{mask.shape[0]}, but its image is "
+                    f"{image.shape[1]}x{image.shape[0]}"
+                )
+            masks.append(mask)
+        else:
+            masks.append(torch.ones(image.shape[:2], dtype=torch.bool))
+    stacked = stack_images(images, wheres)
+    height, width = stacked.shape[1:3]
+
+    cameras = Cameras.from_camtoworlds(
+        torch.stack([view.camtoworld for view in views]),
+        torch.stack([view.K for view in views]),
+        width,
+        height,
+        convention="opengl",
+    )
+    train, test = _split(meta, [view.file_path for view in views], source, holdout_every)
+    points, point_colors = None, None
+    if "ply_file_path" in meta:
+        ply_path = meta["ply_file_path"]
+        if not isinstance(ply_path, str) or not ply_path:
+            raise DatasetError(
+                f"{source}: ply_file_path: expected a file path, got {shown(ply_path)}"
+            )
+        points, point_colors = read_ply_points(
+            root / ply_path, f"{source}: ply_file_path: {ply_path}"
+        )
+    return Dataset(
+        images=stacked,
+        cameras=Cameras(cameras.viewmats.float(), cameras.Ks.float(), width, height),
+        image_names=[view_name(view.file_path) for view in views],
+        train_indices=train,
+        test_indices=test,
+        masks=torch.stack(masks) if any(view.mask_path for view in views) else None,
+        points=points,
+        point_colors=point_colors,
+        root=root,
+    )
+
+
+def export_nerfstudio(dataset: Dataset, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``dataset`` as a nerfstudio folder and return the folder.
+
+    Writes ``images/<name>.png``, ``masks/<name>.png`` (when the dataset has masks),
+    ``points3D.ply`` (when it has points) and ``transforms.json`` with per-frame intrinsics,
+    OpenGL camera-to-world matrices and ``train_filenames`` / ``test_filenames``. Refuses a
+    folder that already holds a ``transforms.json`` unless ``overwrite``.
+    """
+    out = Path(out_dir)
+    prepare_export(dataset, out, "transforms.json", overwrite)
+    names = export_names(dataset)
+    camtoworlds = opengl_camtoworlds(dataset.cameras)
+    Ks = dataset.cameras.Ks.double()
+    frames = []
+    for i, name in enumerate(names):
+        frame = {
+            "file_path": f"images/{name}.png",
+            "transform_matrix": camtoworlds[i].tolist(),
+            "fl_x": Ks[i, 0, 0].item(),
+            "fl_y": Ks[i, 1, 1].item(),
+            "cx": Ks[i, 0, 2].item(),
+            "cy": Ks[i, 1, 2].item(),
+            "w": dataset.width,
+            "h": dataset.height,
+        }
+        write_png(out / frame["file_path"], dataset.images[i])
+        if dataset.masks is not None:
+            frame["mask_path"] = f"masks/{name}.png"
+            write_mask_png(out / frame["mask_path"], dataset.masks[i])
+        frames.append(frame)
+    meta: dict[str, Any] = {
+        "camera_model": "PINHOLE",
+        "frames": frames,
+        "train_filenames": [frames[i]["file_path"] for i in dataset.train_indices],
+        "test_filenames": [frames[i]["file_path"] for i in dataset.test_indices],
+    }
+    if dataset.points is not None:
+        atomic_write_bytes(out / "points3D.ply", ply_bytes(dataset.points, dataset.point_colors))
+        meta["ply_file_path"] = "points3D.ply"
+    write_json(out / "transforms.json", meta)
+    return out
+
+
+@dataclass
+class _Frame:
+    """One parsed entry of ``frames``, before its image is read."""
+
+    index: int  # position in the JSON ``frames`` list, for error messages
+    file_path: str
+    mask_path: str | None
+    camtoworld: Tensor  # [4, 4] float64, OpenGL axes
+    K: Tensor  # [3, 3] float64
+    width: int
+    height: int
+
+
+def _parse_frame(meta: dict[str, Any], frame: Any, index: int, source: str) -> _Frame:
+    where = f"{source}: frames[{index}]"
+    if not isinstance(frame, dict):
+        raise DatasetError(f"{where}: expected an object, got {shown(frame)}")
+
+    def lookup(key: str) -> tuple[Any, str]:
+        # The frame's own value wins over the top-level one; errors name whichever was used.
+        if key in frame:
+            return frame[key], f"{where}.{key}"
+        return meta.get(key), (f"{source}: {key}" if key in meta else f"{where}.{key}")
+
+    for key in _DISTORTION_KEYS:
+        value, field = lookup(key)
+        if value is not None and as_number(value, field) != 0.0:
+            raise DatasetError(
+                f"{field}: is {value}, but only distortion-free pinhole cameras are supported "
+                f"({', '.join(_DISTORTION_KEYS)} must be absent or 0)"
+            )
+    fx, fy, cx, cy = (as_number(*lookup(key)) for key in ("fl_x", "fl_y", "cx", "cy"))
+    width, height = (as_pixels(*lookup(key)) for key in ("w", "h"))
+    mask_path = frame.get("mask_path")
+    if mask_path is not None and (not isinstance(mask_path, str) or not mask_path):
+        raise DatasetError(f"{where}.mask_path: expected a file path, got {shown(mask_path)}")
+    return _Frame(
+        index=index,
+        file_path=path_field(frame, "file_path", where),
+        mask_path=mask_path,
+        camtoworld=read_camtoworld(frame.get("transform_matrix"), f"{where}.transform_matrix"),
+        K=intrinsics(fx, fy, cx, cy, dtype=torch.float64),
+        width=width,
+        height=height,
+    )
+
+
+def _split(
+    meta: dict[str, Any], file_paths: list[str], source: str, holdout_every: int
+) -> tuple[list[int], list[int]]:
+    """Train and test indices from the ``*_filenames`` lists, else every ``holdout_every``-th view."""
+    if not any(f"{split}_filenames" in meta for split in ("train", "val", "test")):
+        return holdout_split(len(file_paths), holdout_every)
+    position = {posixpath.normpath(p): i for i, p in enumerate(file_paths)}
+    has_val_only = "val_filenames" in meta and "test_filenames" not in meta
+    test_key = "val_filenames" if has_val_only else "test_filenames"
+    indices = []
+    for key in ("train_filenames", test_key):
+        names = meta.get(key)
+        if not isinstance(names, list):
+            raise DatasetError(
+                f"{source}: {key}: expected a list of file paths (train_filenames and "
+                f"test_filenames or val_filenames go together), got {shown(names)}"
+            )
+        found = []
+        for k, name in enumerate(names):
+            i = position.get(posixpath.normpath(name)) if isinstance(name, str) else None
+            if i is None:
+                raise DatasetError(
+                    f"{source}: {key}[{k}]: {name!r} is not the file_path of any frame"
+                )
+            found.append(i)
+        indices.append(found)
+    return indices[0], indices[1]

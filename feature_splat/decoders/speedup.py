@@ -1,0 +1,81 @@
+"""The speed-up decoder of Feature 3DGS: a 1x1 map from F rendered channels to the teacher's M.
+
+By default it is affine (no nonlinearity). A rendered pixel is ``sum_i w_i f_i + T bg`` with weights
+summing to one (the background takes the remaining transmittance ``T``), so decoding commutes with
+compositing: ``decode(pixel) = sum_i w_i decode(f_i) + T decode(bg)``. Decoding each Gaussian's
+feature is then exact, which 3D selection and editing rely on. An MLP variant (``hidden`` widths)
+is available when exactness is not needed.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from torch import Tensor, nn
+
+from feature_splat.errors import InputShapeError
+
+
+class SpeedUpDecoder(nn.Module):
+    """Maps features [..., F] to [..., M]; linear unless ``hidden`` widths are given.
+
+    ``identity=True`` (F = M) renders teacher-width features directly, with no decoder: the
+    baseline the speed-up is measured against.
+    """
+
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden: tuple[int, ...] = (), identity: bool = False
+    ) -> None:
+        super().__init__()
+        if in_dim < 1 or out_dim < 1:
+            raise InputShapeError(f"SpeedUpDecoder: dims must be >= 1, got {in_dim} -> {out_dim}")
+        if identity and (in_dim != out_dim or hidden):
+            raise InputShapeError(
+                f"SpeedUpDecoder: identity needs equal widths and no hidden layers, got {in_dim} -> {out_dim}"
+            )
+        self.in_dim, self.out_dim, self.hidden, self.identity = (
+            in_dim,
+            out_dim,
+            tuple(hidden),
+            identity,
+        )
+        widths = [] if identity else [in_dim, *hidden, out_dim]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(itertools.pairwise(widths)):
+            layers.append(nn.Linear(a, b))
+            if i < len(widths) - 2:
+                layers.append(nn.ReLU())
+        self.layers = nn.Sequential(*layers)
+
+    @property
+    def is_linear(self) -> bool:
+        """Whether decoding commutes with compositing (no hidden layers)."""
+        return not self.hidden
+
+    def forward(self, features: Tensor) -> Tensor:
+        if features.shape[-1] != self.in_dim:
+            raise InputShapeError(
+                f"SpeedUpDecoder: expected features with {self.in_dim} channels, got {features.shape[-1]}"
+            )
+        return self.layers(features)
+
+    def config(self) -> dict[str, object]:
+        """Constructor arguments, for saving next to the weights."""
+        return {
+            "in_dim": self.in_dim,
+            "out_dim": self.out_dim,
+            "hidden": list(self.hidden),
+            "identity": self.identity,
+        }
+
+    @classmethod
+    def from_state(cls, config: dict, state: dict[str, Tensor]) -> SpeedUpDecoder:
+        """Rebuild a decoder saved with :meth:`config` and ``state_dict()``."""
+        decoder = cls(
+            int(config["in_dim"]),
+            int(config["out_dim"]),
+            tuple(config.get("hidden", ())),
+            bool(config.get("identity", False)),
+        )
+        decoder.load_state_dict(state)
+        return decoder

@@ -1,0 +1,54 @@
+"""Image, feature and segmentation metrics (DESIGN.md, "Metrics")."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pytorch_msssim import ssim as _ssim
+from torch import Tensor
+
+
+def psnr(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
+    """Peak signal-to-noise ratio in dB for images in [0, 1] ([..., 3]); ``mask`` [...] selects pixels."""
+    err = (pred.detach().float() - target.float()) ** 2
+    mse = err[mask].mean() if mask is not None else err.mean()
+    return float(10.0 * torch.log10(1.0 / mse.clamp_min(1e-12)))
+
+
+def ssim(pred: Tensor, target: Tensor) -> float:
+    """Structural similarity (Gaussian window 11, sigma 1.5) of images [H, W, 3] in [0, 1]."""
+    to_batch = lambda t: t.detach().float().permute(2, 0, 1)[None]  # noqa: E731
+    return float(_ssim(to_batch(pred), to_batch(target), data_range=1.0, size_average=True))
+
+
+def feature_cosine(pred: Tensor, target: Tensor) -> float:
+    """Mean cosine similarity between feature maps [..., M] over all positions."""
+    return float(torch.nn.functional.cosine_similarity(pred.float(), target.float(), dim=-1).mean())
+
+
+def segment_by_text(features: Tensor, text_embeddings: Tensor) -> Tensor:
+    """Label per position: argmax over labels of cosine(feature [..., M], text embedding [T, M])."""
+    feats = torch.nn.functional.normalize(features.float(), dim=-1)
+    texts = torch.nn.functional.normalize(text_embeddings.float(), dim=-1)
+    return (feats @ texts.T).argmax(dim=-1)
+
+
+def segmentation_scores(pred: Tensor, target: Tensor, n_classes: int) -> dict[str, object]:
+    """Pixel accuracy, mean IoU and per-class IoU of integer label maps.
+
+    The mean runs over the classes present in ``target`` (a class absent from the ground truth
+    has no defined IoU); predictions of absent classes still lower the IoU of the class they hide.
+    """
+    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+    confusion = torch.bincount(target * n_classes + pred, minlength=n_classes * n_classes)
+    confusion = confusion.reshape(n_classes, n_classes).double()
+    hits = confusion.diag()
+    union = confusion.sum(0) + confusion.sum(1) - hits
+    present = confusion.sum(1) > 0
+    iou = torch.where(union > 0, hits / union.clamp_min(1), torch.zeros_like(hits))
+    return {
+        "accuracy": float(hits.sum() / confusion.sum().clamp_min(1)),
+        "miou": float(iou[present].mean()) if bool(present.any()) else math.nan,
+        "per_class_iou": {int(k): float(iou[k]) for k in torch.nonzero(present)[:, 0]},
+    }

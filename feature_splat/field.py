@@ -1,0 +1,102 @@
+"""A distilled feature field: Gaussians, the speed-up decoder and the background, rendered together."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from feature_splat.cameras import Cameras
+from feature_splat.decoders import SpeedUpDecoder
+from feature_splat.errors import CheckpointError
+from feature_splat.gaussians import GaussianField
+from feature_splat.io import atomic_write_bytes, read_ply, write_ply
+from feature_splat.rasterizer import rasterize
+from feature_splat.rasterizer.api import Backend
+
+PLY_NAME = "point_cloud.ply"
+DECODER_NAME = "decoder.pt"
+
+
+@dataclass
+class FieldRender:
+    """One render of a feature field for C cameras."""
+
+    rgb: Tensor  # [C, H, W, 3]
+    features: Tensor  # [C, H, W, F] (low-dimensional, before decoding)
+    depth: Tensor  # [C, H, W, 1]
+    alpha: Tensor  # [C, H, W, 1]
+    meta: dict
+
+
+@dataclass
+class FeatureField:
+    """Gaussians with F-channel features, an F -> M decoder and a background (RGB + F features)."""
+
+    gaussians: GaussianField
+    decoder: SpeedUpDecoder
+    background: Tensor  # [3 + F]
+    sh_degree: int
+
+    def render(
+        self, cameras: Cameras, backend: Backend = "auto", sh_degree: int | None = None
+    ) -> FieldRender:
+        """Render RGB and features in one rasterizer pass."""
+        g = self.gaussians
+        degree = self.sh_degree if sh_degree is None else sh_degree
+        colors = g.colors(cameras.centers.to(g.means), degree=degree)  # [C, N, 3]
+        features = g.features[None].expand(len(cameras), -1, -1)
+        out = rasterize(
+            g.means, g.quats, g.scales, g.opacities, torch.cat([colors, features], dim=-1),
+            cameras.viewmats.to(g.means), cameras.Ks.to(g.means), cameras.width, cameras.height,
+            backgrounds=self.background, backend=backend,
+        )  # fmt: skip
+        return FieldRender(
+            out.features[..., :3], out.features[..., 3:], out.depth, out.alpha, out.meta
+        )
+
+    def decode(self, features: Tensor) -> Tensor:
+        """Teacher-width features [..., M] from rendered or per-Gaussian features [..., F]."""
+        return self.decoder(features)
+
+    def save(self, run_dir: str | Path) -> None:
+        """Write ``point_cloud.ply`` and ``decoder.pt`` into ``run_dir`` (atomically)."""
+        run_dir = Path(run_dir)
+        write_ply(run_dir / PLY_NAME, self.gaussians)
+        buffer = io.BytesIO()
+        torch.save(
+            {
+                "decoder_config": self.decoder.config(),
+                "decoder_state": self.decoder.state_dict(),
+                "background": self.background.detach().cpu(),
+                "sh_degree": self.sh_degree,
+            },
+            buffer,
+        )
+        atomic_write_bytes(run_dir / DECODER_NAME, buffer.getvalue())
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> FeatureField:
+        """Read a field written by :meth:`save`; checks that the PLY and the decoder agree."""
+        run_dir = Path(run_dir)
+        gaussians = read_ply(run_dir / PLY_NAME)
+        path = run_dir / DECODER_NAME
+        if not path.is_file():
+            raise CheckpointError(f"{path}: decoder file does not exist")
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            decoder = SpeedUpDecoder.from_state(saved["decoder_config"], saved["decoder_state"])
+            background, sh_degree = saved["background"], int(saved["sh_degree"])
+        except Exception as err:
+            raise CheckpointError(f"{path}: not a readable decoder file ({err})") from err
+        if decoder.in_dim != gaussians.feature_dim:
+            raise CheckpointError(
+                f"{path}: decoder expects {decoder.in_dim} feature channels but {run_dir / PLY_NAME} "
+                f"has {gaussians.feature_dim} (f_feat_*)"
+            )
+        if background.shape != (3 + gaussians.feature_dim,):
+            raise CheckpointError(f"{path}: background has shape {list(background.shape)}")
+        return cls(gaussians, decoder, background, sh_degree)

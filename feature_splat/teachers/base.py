@@ -1,0 +1,51 @@
+"""The Teacher protocol: a 2D model whose dense features a field distils."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """A 2D foundation model (or the synthetic oracle) seen as a dense feature extractor.
+
+    ``encode`` maps images [B, 3, H, W] (float, RGB in [0, 1]) to features [B, dim, h, w] at the
+    teacher's own resolution: cell (i, j) describes the pixels around
+    ``((j + 0.5) * stride, (i + 0.5) * stride)``. Language-aligned teachers also map text to the same
+    space with ``encode_text`` ([T, dim], unit norm); the others raise ``NotImplementedError``.
+    ``config_id`` is stable across runs and changes whenever the features would (model, checkpoint
+    hash, input size, options): caches are keyed by it.
+    """
+
+    name: str
+    dim: int
+    stride: int
+    language_aligned: bool
+
+    @property
+    def config_id(self) -> str: ...
+
+    def encode(self, images: Tensor) -> Tensor: ...
+
+    def encode_text(self, texts: list[str]) -> Tensor: ...
+
+
+def pool_to_cells(maps: Tensor, stride: int) -> Tensor:
+    """Average maps [B, C, H, W] over stride x stride cells -> [B, C, ceil(H/s), ceil(W/s)].
+
+    A partial cell at the right or bottom edge averages only the pixels it has, matching how a
+    teacher's cell describes the pixels it covers.
+    """
+    h, w = maps.shape[-2:]
+    pad = (0, (-w) % stride, 0, (-h) % stride)
+    sums = torch.nn.functional.avg_pool2d(
+        torch.nn.functional.pad(maps, pad), stride, stride, divisor_override=1
+    )
+    ones = torch.nn.functional.pad(
+        torch.ones(1, 1, h, w, dtype=maps.dtype, device=maps.device), pad
+    )
+    counts = torch.nn.functional.avg_pool2d(ones, stride, stride, divisor_override=1)
+    return sums / counts

@@ -1,0 +1,98 @@
+"""Configuration of per-scene training (a tyro-driven dataclass, like nerfstudio's configs)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from feature_splat.rasterizer.api import Backend
+
+
+@dataclass
+class LearningRates:
+    """Adam learning rates per parameter group (the 3DGS defaults; means scale with the scene)."""
+
+    means: float = 1.6e-4
+    means_final: float = 1.6e-6
+    """Exponential decay of the position learning rate reaches this at the last step."""
+    quats: float = 1e-3
+    scales: float = 5e-3
+    opacities: float = 5e-2
+    sh0: float = 2.5e-3
+    shN: float = 2.5e-3 / 20
+    features: float = 2.5e-3
+    decoder: float = 1e-3
+    background: float = 1e-3
+
+
+@dataclass
+class DensifyConfig:
+    """Options passed to gsplat's DefaultStrategy (steps are absolute iterations)."""
+
+    refine_start: int = 300
+    refine_stop: int = 2000
+    refine_every: int = 100
+    reset_every: int = 100_000
+    """Opacity reset period; effectively off for short runs."""
+    grow_grad2d: float = 2e-4
+    grow_scale3d: float = 0.01
+    prune_opacity: float = 0.005
+
+
+@dataclass
+class TrainConfig:
+    """Per-scene feature distillation (Feature 3DGS with a speed-up decoder)."""
+
+    data: tyro.conf.Positional[str] = "room"
+    """A built-in world (room, tabletop, street) or a dataset folder (nerfstudio, Blender, COLMAP)."""
+    out: Path = Path("outputs/run")
+    """Run folder: PLY, decoder, config, metrics, PNGs, checkpoints."""
+    teacher: Literal["synthetic"] = "synthetic"
+    """The 2D teacher distilled (the synthetic oracle needs a built-in world)."""
+    teacher_dim: int = 512
+    teacher_stride: int = 8
+    feature_dim: int = 16
+    """Channels rendered per Gaussian (F); the decoder lifts them to the teacher's width."""
+    decoder: Literal["linear", "mlp", "none"] = "linear"
+    """Speed-up decoder: linear (exact per-Gaussian decoding), an MLP, or none (render the
+    teacher's width directly; needs feature_dim == teacher_dim)."""
+    decoder_hidden: tuple[int, ...] = (128,)
+    """Hidden widths of the MLP decoder."""
+    iterations: int = 3000
+    feature_loss: Literal["l1", "cosine"] = "l1"
+    feature_weight: float = 1.0
+    """gamma: weight of the feature loss against the RGB loss (0.8 L1 + 0.2 (1 - SSIM))."""
+    sh_degree: int = 1
+    sh_degree_every: int = 1000
+    """Raise the active SH degree by one every this many steps, up to ``sh_degree``."""
+    init_points: int = 30_000
+    """Initial Gaussians: sampled from the dataset's points, or uniform in the scene bounds."""
+    init_opacity: float = 0.1
+    width: int = 128
+    height: int = 96
+    """Image size of built-in worlds (real datasets keep their own size)."""
+    seed: int = 0
+    checkpoint_every: int = 1000
+    resume: bool = False
+    """Continue from the run folder's latest checkpoint (gives the same result as an uninterrupted run)."""
+    backend: Backend = "auto"
+    lr: LearningRates = field(default_factory=LearningRates)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["out"] = str(self.out)
+        data["decoder_hidden"] = list(self.decoder_hidden)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        data["out"] = Path(data["out"])
+        data["decoder_hidden"] = tuple(data.get("decoder_hidden", ()))
+        data["lr"] = LearningRates(**data.get("lr", {}))
+        data["densify"] = DensifyConfig(**data.get("densify", {}))
+        return cls(**data)
