@@ -28,7 +28,7 @@ class Dataset:
     masks: Tensor | None = None  # [V, H, W] bool, True = valid pixel
     points: Tensor | None = None  # [P, 3] world points for initialisation (SfM or surface samples)
     point_colors: Tensor | None = None  # [P, 3] in [0, 1]
-    labels: Tensor | None = None  # [V, H, W] int64 class ids, -1 = background / sky
+    labels: Tensor | None = None  # [V, H, W] int64 class ids (synthetic worlds: 0 = sky, never -1)
     instances: Tensor | None = None  # [V, H, W] int64 instance ids, -1 = none
     depths: Tensor | None = None  # [V, H, W] float32 camera-space z, inf where nothing is hit
     class_names: list[str] = field(default_factory=list)

@@ -1,0 +1,33 @@
+"""Synthetic worlds with ground truth: analytic primitives, an independent ray-caster, built-in scenes.
+
+Offline there is no dataset to download, so feature-splat makes its own: seeded, deterministic
+scenes (``room``, ``tabletop``, ``street``) rendered with diffuse shading and smooth procedural
+textures, with exact per-pixel class labels, instance ids and depths.
+
+- :func:`load_world` -> :class:`~feature_splat.data.dataset.Dataset` (cached on disk);
+- :func:`build_world` -> :class:`World`; ``world.without(classes)`` / ``world.only(classes)`` edit
+  it, ``world.cameras(width, height, n_views)`` gives its rig, ``world.render(cameras)`` or
+  :func:`render_views` ray-cast it, :func:`render_dataset` turns any world into a Dataset;
+- :data:`CLASS_NAMES` is the label vocabulary (label ``k`` names ``CLASS_NAMES[k]``, 0 is ``sky``,
+  so every pixel has a class), :data:`SYNONYMS` and :func:`resolve_class` map text to classes;
+- :data:`SKY_COLOR` is the colour of rays that hit nothing (the background for a renderer).
+"""
+
+from feature_splat.data.synthetic.classes import CLASS_NAMES, SKY, SYNONYMS, resolve_class
+from feature_splat.data.synthetic.load import load_world, render_dataset
+from feature_splat.data.synthetic.raycast import render_views
+from feature_splat.data.synthetic.worlds import SKY_COLOR, WORLD_NAMES, World, build_world
+
+__all__ = [
+    "CLASS_NAMES",
+    "SKY",
+    "SKY_COLOR",
+    "SYNONYMS",
+    "WORLD_NAMES",
+    "World",
+    "build_world",
+    "load_world",
+    "render_dataset",
+    "render_views",
+    "resolve_class",
+]
