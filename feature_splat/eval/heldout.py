@@ -51,6 +51,7 @@ def evaluate_heldout(
     names, lookup = label_set(dataset)
     text = teacher.encode_text(names) if names and teacher.language_aligned else None
     per_view = []
+    pooled: dict[str, list[Tensor]] = {"truth": [], "pred": [], "teacher": [], "pred_cells": []}
     for view in dataset.test_indices:
         render = field.render(dataset.cameras[view])
         rgb = render.rgb[0].clamp(0, 1)
@@ -69,12 +70,14 @@ def evaluate_heldout(
             decoded = field.decode(render.features[0])
             segmentation = segment_by_text(decoded, text)
             truth = lookup[dataset.labels[view]]
+            pred_cells = segment_by_text(decoded_cells, text)
+            teacher_argmax = segment_by_text(teacher_cells, text)
+            for key, value in zip(
+                pooled, (truth, segmentation, teacher_argmax, pred_cells), strict=True
+            ):
+                pooled[key].append(value.reshape(-1))
             vs_truth = segmentation_scores(segmentation, truth, len(names))
-            vs_teacher = segmentation_scores(
-                segment_by_text(decoded_cells, text),
-                segment_by_text(teacher_cells, text),
-                len(names),
-            )
+            vs_teacher = segmentation_scores(pred_cells, teacher_argmax, len(names))
             row |= {
                 "text_accuracy_vs_truth": vs_truth["accuracy"],
                 "text_miou_vs_truth": vs_truth["miou"],
@@ -99,6 +102,19 @@ def evaluate_heldout(
     summary: dict[str, object] = {
         k: sum(float(r[k]) for r in per_view) / len(per_view) for k in keys
     }
+    if text is not None:
+        # Segmentation scored over all held-out pixels at once (one confusion matrix, the usual
+        # protocol): a class seen by a few pixels of one view does not weigh as much as a whole class.
+        cat = {key: torch.cat(values) for key, values in pooled.items()}
+        vs_truth = segmentation_scores(cat["pred"], cat["truth"], len(names))
+        vs_teacher = segmentation_scores(cat["pred_cells"], cat["teacher"], len(names))
+        summary |= {
+            "text_accuracy_vs_truth": vs_truth["accuracy"],
+            "text_miou_vs_truth": vs_truth["miou"],
+            "text_accuracy_vs_teacher": vs_teacher["accuracy"],
+            "text_miou_vs_teacher": vs_teacher["miou"],
+            "per_class_iou_vs_truth": {names[k]: v for k, v in vs_truth["per_class_iou"].items()},
+        }
     summary["labels"] = names
     summary["teacher"] = teacher.name
     summary["views"] = per_view

@@ -48,6 +48,29 @@ def _row_span(mx, dy, ca, cb, cc, s_max, x0, x1):
     return max(x0, math.ceil(centre - half)), min(x1, math.floor(centre + half))
 
 
+@njit(cache=True, inline="always")
+def _tile_range(mx, my, rx, ry, tile_size, tiles_x, tiles_y):
+    """Tiles touched by a bounding box: x in [tx0, tx1), y in [ty0, ty1) (gsplat's rule)."""
+    tx0 = min(max(0, math.floor((mx - rx) / tile_size)), tiles_x)
+    tx1 = min(max(0, math.ceil((mx + rx) / tile_size)), tiles_x)
+    ty0 = min(max(0, math.floor((my - ry) / tile_size)), tiles_y)
+    ty1 = min(max(0, math.ceil((my + ry) / tile_size)), tiles_y)
+    return tx0, tx1, ty0, ty1
+
+
+@njit(cache=True, inline="always")
+def _tile_pixels(job, n_tiles_cam, grid):
+    """Camera and pixel bounds (inclusive) of work unit ``job`` = camera * n_tiles + tile."""
+    width, height, tile_size, tiles_x = grid
+    c = job // n_tiles_cam
+    tile = job % n_tiles_cam
+    x_lo = (tile % tiles_x) * tile_size
+    y_lo = (tile // tiles_x) * tile_size
+    x_hi = min(x_lo + tile_size, width) - 1
+    y_hi = min(y_lo + tile_size, height) - 1
+    return c, x_lo, y_lo, x_hi, y_hi
+
+
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
 def bin_gaussians(means2d, radii, depth_order, tile_size, tiles_x, tiles_y):
     """List the Gaussians touching each tile, front to back.
@@ -64,10 +87,7 @@ def bin_gaussians(means2d, radii, depth_order, tile_size, tiles_x, tiles_y):
             if rx <= 0 or ry <= 0:
                 continue
             mx, my = means2d[c, g, 0], means2d[c, g, 1]
-            tx0 = min(max(0, math.floor((mx - rx) / tile_size)), tiles_x)
-            tx1 = min(max(0, math.ceil((mx + rx) / tile_size)), tiles_x)
-            ty0 = min(max(0, math.floor((my - ry) / tile_size)), tiles_y)
-            ty1 = min(max(0, math.ceil((my + ry) / tile_size)), tiles_y)
+            tx0, tx1, ty0, ty1 = _tile_range(mx, my, rx, ry, tile_size, tiles_x, tiles_y)
             for ty in range(ty0, ty1):
                 for tx in range(tx0, tx1):
                     counts[1 + c * n_tiles + ty * tiles_x + tx] += 1
@@ -81,10 +101,7 @@ def bin_gaussians(means2d, radii, depth_order, tile_size, tiles_x, tiles_y):
             if rx <= 0 or ry <= 0:
                 continue
             mx, my = means2d[c, g, 0], means2d[c, g, 1]
-            tx0 = min(max(0, math.floor((mx - rx) / tile_size)), tiles_x)
-            tx1 = min(max(0, math.ceil((mx + rx) / tile_size)), tiles_x)
-            ty0 = min(max(0, math.floor((my - ry) / tile_size)), tiles_y)
-            ty1 = min(max(0, math.ceil((my + ry) / tile_size)), tiles_y)
+            tx0, tx1, ty0, ty1 = _tile_range(mx, my, rx, ry, tile_size, tiles_x, tiles_y)
             for ty in range(ty0, ty1):
                 for tx in range(tx0, tx1):
                     t = c * n_tiles + ty * tiles_x + tx
@@ -95,35 +112,20 @@ def bin_gaussians(means2d, radii, depth_order, tile_size, tiles_x, tiles_y):
 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
 def render_forward(
-    means2d,
-    conics,
-    opacities,
-    features,
-    depths,
-    radii,
-    backgrounds,
-    offsets,
-    ids,
-    width,
-    height,
-    tile_size,
-    tiles_x,
-    n_threads,
-    out_features,
-    out_depth,
-    out_transmittance,
-    out_last,
+    gaussians, bins, grid, n_threads, out_features, out_depth, out_transmittance, out_last
 ):
     """Composite every tile front to back.
 
     Writes features (with background) [C,H,W,D], raw depth [C,H,W], final transmittance [C,H,W]
     and, per pixel, the index into ``ids`` of the last Gaussian that contributed (-1 if none).
     """
+    means2d, conics, opacities, features, depths, radii, backgrounds = gaussians
+    offsets, ids = bins
     n_cameras = means2d.shape[0]
     dim = features.shape[2]
     shared_features = features.shape[0] == 1
     n_tiles_cam = (offsets.shape[0] - 1) // n_cameras
-    n_px = tile_size * tile_size
+    n_px = grid[2] * grid[2]
     acc = np.zeros((n_threads, n_px, dim))
     acc_depth = np.zeros((n_threads, n_px))
     trans = np.ones((n_threads, n_px))
@@ -131,13 +133,8 @@ def render_forward(
     last = np.empty((n_threads, n_px), np.int64)
     for job in prange(n_cameras * n_tiles_cam):
         th = numba.get_thread_id()
-        c = job // n_tiles_cam
-        tile = job % n_tiles_cam
+        c, x_lo, y_lo, x_hi, y_hi = _tile_pixels(job, n_tiles_cam, grid)
         cf = 0 if shared_features else c
-        x_lo = (tile % tiles_x) * tile_size
-        y_lo = (tile // tiles_x) * tile_size
-        x_hi = min(x_lo + tile_size, width) - 1
-        y_hi = min(y_lo + tile_size, height) - 1
         tw = x_hi - x_lo + 1
         npx = tw * (y_hi - y_lo + 1)
         acc[th, :npx] = 0.0
@@ -197,19 +194,9 @@ def render_forward(
 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
 def render_backward(
-    means2d,
-    conics,
-    opacities,
-    features,
-    depths,
-    radii,
-    backgrounds,
-    offsets,
-    ids,
-    width,
-    height,
-    tile_size,
-    tiles_x,
+    gaussians,
+    bins,
+    grid,
     n_threads,
     transmittance,
     last_ids,
@@ -226,11 +213,13 @@ def render_backward(
     ``isect_grad_features[k]`` [D] and into ``isect_grad_geometry[k]`` [7]: means2d x, y; conic a,
     b, c; opacity; depth. Per tile, d loss / d background into ``tile_grad_background`` [tiles, D].
     """
+    means2d, conics, opacities, features, depths, radii, backgrounds = gaussians
+    offsets, ids = bins
     n_cameras = means2d.shape[0]
     dim = features.shape[2]
     shared_features = features.shape[0] == 1
     n_tiles_cam = (offsets.shape[0] - 1) // n_cameras
-    n_px = tile_size * tile_size
+    n_px = grid[2] * grid[2]
     behind = np.zeros((n_threads, n_px, dim))  # colour behind the current Gaussian, per pixel
     behind_depth = np.zeros((n_threads, n_px))
     trans = np.ones((n_threads, n_px))
@@ -238,13 +227,8 @@ def render_backward(
     grad_f = np.zeros((n_threads, dim))
     for job in prange(n_cameras * n_tiles_cam):
         th = numba.get_thread_id()
-        c = job // n_tiles_cam
-        tile = job % n_tiles_cam
+        c, x_lo, y_lo, x_hi, y_hi = _tile_pixels(job, n_tiles_cam, grid)
         cf = 0 if shared_features else c
-        x_lo = (tile % tiles_x) * tile_size
-        y_lo = (tile // tiles_x) * tile_size
-        x_hi = min(x_lo + tile_size, width) - 1
-        y_hi = min(y_lo + tile_size, height) - 1
         tw = x_hi - x_lo + 1
         npx = tw * (y_hi - y_lo + 1)
         start = offsets[job]

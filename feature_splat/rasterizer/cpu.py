@@ -36,19 +36,15 @@ class _Composite(torch.autograd.Function):
         tiles_x, tiles_y = tile_grid(width, height, tile_size)
         n_cameras = means2d.shape[0]
         dim = features.shape[-1]
-        arrays = [_numpy(t) for t in (means2d, conics, opacities, features, depths, backgrounds)]
+        means2d_np, conics_np, opacities_np, features_np, depths_np, backgrounds_np = (
+            _numpy(t) for t in (means2d, conics, opacities, features, depths, backgrounds)
+        )
         radii_np = radii.to(torch.int32).contiguous().numpy()
         depth_order = torch.sort(depths.detach(), dim=1, stable=True).indices.numpy()
         n_threads = _configure_threads()
-        offsets, ids = kernels.bin_gaussians(
-            arrays[0], radii_np, depth_order, tile_size, tiles_x, tiles_y
-        )
-        out_features = np.empty((n_cameras, height, width, dim), np.float32)
-        out_depth = np.empty((n_cameras, height, width), np.float32)
-        transmittance = np.empty((n_cameras, height, width), np.float64)
-        last_ids = np.empty((n_cameras, height, width), np.int64)
-        means2d_np, conics_np, opacities_np, features_np, depths_np, backgrounds_np = arrays
-        kernels.render_forward(
+        bins = kernels.bin_gaussians(means2d_np, radii_np, depth_order, tile_size, tiles_x, tiles_y)
+        # The kernels take the Gaussians, the tile lists and the image grid as three tuples.
+        gaussians = (
             means2d_np,
             conics_np,
             opacities_np,
@@ -56,20 +52,17 @@ class _Composite(torch.autograd.Function):
             depths_np,
             radii_np,
             backgrounds_np,
-            offsets,
-            ids,
-            width,
-            height,
-            tile_size,
-            tiles_x,
-            n_threads,
-            out_features,
-            out_depth,
-            transmittance,
-            last_ids,
         )
-        ctx.arrays, ctx.radii, ctx.size = arrays, radii_np, size
-        ctx.bins, ctx.transmittance, ctx.last_ids = (offsets, ids), transmittance, last_ids
+        grid = (width, height, tile_size, tiles_x)
+        out_features = np.empty((n_cameras, height, width, dim), np.float32)
+        out_depth = np.empty((n_cameras, height, width), np.float32)
+        transmittance = np.empty((n_cameras, height, width), np.float64)
+        last_ids = np.empty((n_cameras, height, width), np.int64)
+        kernels.render_forward(
+            gaussians, bins, grid, n_threads, out_features, out_depth, transmittance, last_ids
+        )
+        ctx.gaussians, ctx.bins, ctx.grid = gaussians, bins, grid
+        ctx.transmittance, ctx.last_ids = transmittance, last_ids
         ctx.dtypes = [t.dtype for t in (means2d, conics, opacities, features, depths, backgrounds)]
         alpha = torch.from_numpy((1.0 - transmittance).astype(np.float32))
         return (
@@ -80,9 +73,7 @@ class _Composite(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_features, grad_depth, grad_alpha):
-        width, height, tile_size = ctx.size
-        tiles_x, _ = tile_grid(width, height, tile_size)
-        means2d, conics, opacities, features, depths, backgrounds = ctx.arrays
+        features, depths = ctx.gaussians[3], ctx.gaussians[4]
         offsets, ids = ctx.bins
         n_cameras, n = depths.shape
         dim = features.shape[-1]
@@ -91,19 +82,9 @@ class _Composite(torch.autograd.Function):
         isect_grad_geometry = np.empty((len(ids), 7), np.float32)
         tile_grad_background = np.zeros((len(offsets) - 1, dim), np.float64)
         kernels.render_backward(
-            means2d,
-            conics,
-            opacities,
-            features,
-            depths,
-            ctx.radii,
-            backgrounds,
-            offsets,
-            ids,
-            width,
-            height,
-            tile_size,
-            tiles_x,
+            ctx.gaussians,
+            ctx.bins,
+            ctx.grid,
             n_threads,
             ctx.transmittance,
             ctx.last_ids,
