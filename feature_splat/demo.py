@@ -1,7 +1,8 @@
 """``feature-splat demo`` (``make demo``): the main job on the built-in default.
 
 Distils the synthetic oracle teacher into a feature field of the ``room`` world, evaluates it on
-held-out views, answers a text prompt on one of them, writes PNGs and JSON, prints a summary.
+held-out views, answers a text prompt and a point prompt on one of them, writes PNGs and JSON,
+prints a summary.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from feature_splat.io import write_json, write_png
-from feature_splat.prompts import text_similarity
+from feature_splat.prompts import point_similarity, text_similarity
 from feature_splat.training.config import TrainConfig
 from feature_splat.visualize import heat_rgb
 
@@ -27,7 +28,11 @@ class DemoConfig:
     out: Path = Path("outputs/demo")
     """A new run folder is made inside for every demo run."""
     text: str = "chair"
-    train: TrainConfig = field(default_factory=TrainConfig)
+    point: tuple[int, int] | None = None
+    """Pixel (x, y) of the first held-out view to prompt with (default: its centre)."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(feature_dim=64))
+    """Training options (``--train.out`` is replaced by the demo's run folder). F = 64: on the
+    oracle teacher's maps, fewer channels squeeze out the small classes (docs/benchmarks.md)."""
 
 
 def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, object]:
@@ -52,6 +57,23 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, ob
     query_png = run_dir / f"query_{config.text.replace(' ', '_')}.png"
     write_png(query_png, torch.cat([dataset.images[view], heat_rgb(similarity), overlay], dim=1))
 
+    x, y = config.point or (dataset.width // 2, dataset.height // 2)
+    affinity = point_similarity(result.field, dataset.cameras[view], x, y)[0]
+    chosen = affinity > 0.9
+    marked = torch.where(
+        chosen[..., None],
+        dataset.images[view] * 0.5 + 0.5 * torch.tensor([0.2, 0.4, 1.0]),
+        dataset.images[view] * 0.6,
+    )
+    marked[max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2] = torch.tensor([1.0, 1.0, 0.0])
+    point_png = run_dir / f"point_{x}_{y}.png"
+    write_png(
+        point_png, torch.cat([dataset.images[view], heat_rgb(affinity, 0.0, 1.0), marked], dim=1)
+    )
+    point_class = (
+        dataset.class_names[int(dataset.labels[view, y, x])] if dataset.labels is not None else None
+    )
+
     summary = {
         "world": train_config.data,
         "teacher": "synthetic oracle (labels from the world's ground truth)",
@@ -65,6 +87,8 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, ob
         "total_seconds": time.perf_counter() - start,
         "text_query": {"text": config.text, "view": dataset.image_names[view], "png": str(query_png),
                        "pixels_selected": int(mask.sum())},
+        "point_query": {"xy": [x, y], "view": dataset.image_names[view], "png": str(point_png),
+                        "true_class_at_point": point_class, "pixels_selected": int(chosen.sum())},
         "run_dir": str(run_dir),
     }  # fmt: skip
     write_json(run_dir / "demo.json", summary)
@@ -76,5 +100,8 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, ob
         value = summary[key]
         table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
     console.print(table)
-    console.print(f"PNGs and metrics in {run_dir}  (text query '{config.text}': {query_png.name})")
+    console.print(
+        f"PNGs and metrics in {run_dir}  (text '{config.text}': {query_png.name}; "
+        f"point ({x}, {y}) on a {point_class}: {point_png.name})"
+    )
     return summary

@@ -104,3 +104,14 @@ def test_pool_to_cells_averages_partial_cells() -> None:
     assert float(cells[0, 0, 0, 0]) == pytest.approx((0 + 1 + 5 + 6) / 4)
     assert float(cells[0, 0, 0, 2]) == pytest.approx((4 + 9) / 2)
     assert float(cells[0, 0, 1, 2]) == pytest.approx(14.0)
+
+
+def test_mismatched_feature_widths_are_reported(tmp_path) -> None:
+    from feature_splat.field import FeatureField
+
+    field = FeatureField(_field(feature_dim=4, sh_degree=1), SpeedUpDecoder(4, 9), torch.zeros(7), 1)
+    field.save(tmp_path / "run")
+    assert FeatureField.load(tmp_path / "run").decoder.out_dim == 9
+    write_ply(tmp_path / "run" / "point_cloud.ply", _field(feature_dim=6, sh_degree=1))
+    with pytest.raises(CheckpointError, match=r"decoder expects 4 feature channels.*has 6"):
+        FeatureField.load(tmp_path / "run")

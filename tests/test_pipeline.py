@@ -88,3 +88,17 @@ def test_cli_train_eval_render_on_a_tiny_world(tmp_path, monkeypatch) -> None:
     main(["eval", str(run)])
     main(["render", str(run), "--orbit", "2"])
     assert len(list((run / "rendered").glob("orbit_*.png"))) == 2
+
+
+def test_demo_writes_summary_and_prompt_pngs(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FEATURE_SPLAT_CACHE", str(tmp_path))
+    main(["demo", "tabletop", "--out", str(tmp_path / "demo"), "--text", "table", "--point", "24", "20",
+          "--train.iterations", "40", "--train.width", "48", "--train.height", "36",
+          "--train.init-points", "1500", "--train.teacher-dim", "32"])  # fmt: skip
+    (run,) = (tmp_path / "demo").iterdir()
+    summary = json.loads((run / "demo.json").read_text())
+    assert summary["world"] == "tabletop" and summary["text_query"]["text"] == "table"
+    assert summary["point_query"]["xy"] == [24, 20]
+    for key in ("text_query", "point_query"):
+        assert (run / summary[key]["png"].split("/")[-1]).is_file()
+    assert (run / "metrics.json").is_file() and (run / "point_cloud.ply").is_file()

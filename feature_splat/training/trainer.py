@@ -166,6 +166,9 @@ class Trainer:
         render = self.field().render(self.dataset.cameras[view], backend=config.backend)
         target = self.dataset.images[view]
         rgb = render.rgb[0]
+        if self.dataset.masks is not None:  # invalid pixels are blacked out in both
+            valid = self.dataset.masks[view][..., None].to(rgb.dtype)
+            rgb, target = rgb * valid, target * valid
         l1 = (rgb - target).abs().mean()
         ssim_value = ssim(rgb.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None], data_range=1.0)
         rgb_loss = 0.8 * l1 + 0.2 * (1.0 - ssim_value)
