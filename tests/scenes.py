@@ -2,47 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
+from feature_splat.bench.scenes import BenchScene
 from feature_splat.cameras import intrinsics, look_at
 
 
 @dataclass
-class Scene:
-    means: Tensor
-    quats: Tensor
-    scales: Tensor
-    opacities: Tensor
-    features: Tensor
-    viewmats: Tensor
-    Ks: Tensor
-    width: int
-    height: int
+class Scene(BenchScene):
+    """A benchmark-style scene plus per-camera backgrounds."""
+
     backgrounds: Tensor
 
     def params(self) -> list[Tensor]:
         return [self.means, self.quats, self.scales, self.opacities, self.features]
 
     def with_params(self, params: list[Tensor]) -> Scene:
-        means, quats, scales, opacities, features = params
-        return Scene(
-            means,
-            quats,
-            scales,
-            opacities,
-            features,
-            self.viewmats,
-            self.Ks,
-            self.width,
-            self.height,
-            self.backgrounds,
+        return replace(
+            self,
+            **dict(zip(("means", "quats", "scales", "opacities", "features"), params, strict=True)),
         )
-
-    def args(self) -> tuple:
-        return (*self.params(), self.viewmats, self.Ks, self.width, self.height)
 
 
 def cameras(n_cameras: int, width: int, height: int) -> tuple[Tensor, Tensor]:
