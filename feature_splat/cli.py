@@ -37,6 +37,8 @@ class RenderConfig:
     """Dataset view indices to render (default: the held-out views)."""
     orbit: int = 0
     """Render this many views on an orbit around the scene instead."""
+    look_at: tuple[float, float, float, float, float, float] | None = None
+    """Render one camera at EYE looking at TARGET (world coordinates, z up): EX EY EZ TX TY TZ."""
     out: Path | None = None
     """Output folder (default: RUN/rendered)."""
 
@@ -73,7 +75,13 @@ def _eval(config: EvalConfig) -> None:
 def _render(config: RenderConfig) -> None:
     from feature_splat.training.run import render_run
 
-    out = render_run(config.run, views=list(config.views), orbit=config.orbit, out=config.out)
+    out = render_run(
+        config.run,
+        views=list(config.views),
+        orbit=config.orbit,
+        look_at=config.look_at,
+        out=config.out,
+    )
     Console().print(f"renders: {out}")
 
 

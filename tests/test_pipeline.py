@@ -88,6 +88,8 @@ def test_cli_train_eval_render_on_a_tiny_world(tmp_path, monkeypatch) -> None:
     main(["eval", str(run)])
     main(["render", str(run), "--orbit", "2"])
     assert len(list((run / "rendered").glob("orbit_*.png"))) == 2
+    main(["render", str(run), "--look-at", "2", "2", "1.5", "0", "0", "0.5"])
+    assert (run / "rendered" / "look_at.png").is_file()
 
 
 def test_demo_writes_summary_and_prompt_pngs(tmp_path, monkeypatch) -> None:

@@ -135,12 +135,20 @@ def evaluate_run(run_dir: Path) -> dict[str, object]:
 
 
 @torch.no_grad()
-def render_run(run_dir: Path, views: list[int], orbit: int = 0, out: Path | None = None) -> Path:
-    """Render a run's field at dataset views (default: held-out) or ``orbit`` views around the scene.
+def render_run(
+    run_dir: Path,
+    views: list[int],
+    orbit: int = 0,
+    look_at: tuple[float, ...] | None = None,
+    out: Path | None = None,
+) -> Path:
+    """Render a run's field at dataset views (default: held-out), ``orbit`` views around the scene,
+    or one camera at ``look_at`` = (eye, target) with the dataset's intrinsics.
 
     Writes one PNG per view: RGB | depth | feature PCA.
     """
-    from feature_splat.cameras import Cameras, look_at
+    from feature_splat.cameras import Cameras
+    from feature_splat.cameras import look_at as look_at_matrix
 
     config = TrainConfig.from_dict(json.loads((run_dir / CONFIG_NAME).read_text()))
     field = FeatureField.load(run_dir)
@@ -157,8 +165,14 @@ def render_run(run_dir: Path, views: list[int], orbit: int = 0, out: Path | None
              torch.full_like(angles, float(target[2]) + height)], dim=-1,
         )  # fmt: skip
         K = dataset_cams.Ks[:1].expand(orbit, 3, 3)
-        cameras = Cameras(look_at(eyes, target), K, dataset_cams.width, dataset_cams.height)
+        cameras = Cameras(look_at_matrix(eyes, target), K, dataset_cams.width, dataset_cams.height)
         names = [f"orbit_{i:03d}" for i in range(orbit)]
+    elif look_at is not None:
+        dataset_cams = load_scene(config).cameras
+        eye, target = torch.tensor(look_at[:3]), torch.tensor(look_at[3:])
+        viewmat = look_at_matrix(eye, target)
+        cameras = Cameras(viewmat, dataset_cams.Ks[:1], dataset_cams.width, dataset_cams.height)
+        names = ["look_at"]
     else:
         dataset = load_scene(config)
         chosen = views or dataset.test_indices
