@@ -7,10 +7,11 @@ parsed by tyro, so its flags and help come from the dataclass fields and docstri
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tyro
 from rich.console import Console
@@ -41,6 +42,24 @@ class RenderConfig:
     """Render one camera at EYE looking at TARGET (world coordinates, z up): EX EY EZ TX TY TZ."""
     out: Path | None = None
     """Output folder (default: RUN/rendered)."""
+
+
+@dataclass
+class EncodeConfig:
+    """Encode every view of a dataset with a teacher into the on-disk feature cache (resumable)."""
+
+    data: tyro.conf.Positional[str]
+    """A built-in world (room, tabletop, street) or a dataset folder."""
+    cache_dir: Path = Path("outputs/cache")
+    teacher: Literal["synthetic"] = "synthetic"
+    teacher_dim: int = 512
+    teacher_stride: int = 8
+    pca: int | None = None
+    """Store k PCA coefficients per cell instead of the teacher's full width."""
+    batch: int = 8
+    width: int = 128
+    height: int = 96
+    seed: int = 0
 
 
 @dataclass
@@ -85,6 +104,26 @@ def _render(config: RenderConfig) -> None:
     Console().print(f"renders: {out}")
 
 
+def _encode(config: EncodeConfig) -> None:
+    from feature_splat.io.feature_cache import FeatureCache
+    from feature_splat.training.run import load_scene, make_teacher
+
+    train_config = TrainConfig(
+        data=config.data, teacher=config.teacher, teacher_dim=config.teacher_dim,
+        teacher_stride=config.teacher_stride, width=config.width, height=config.height,
+        seed=config.seed,
+    )  # fmt: skip
+    dataset = load_scene(train_config)
+    cache = FeatureCache(config.cache_dir, make_teacher(train_config, dataset), config.pca)
+    start = time.perf_counter()
+    cache.encode(dataset.images, batch=config.batch)
+    folder, size = cache.folder_of(dataset.images), cache.size_bytes_of(dataset.images)
+    Console().print(
+        f"{len(dataset)} views in {folder}: {size / 2**20:.2f} MB, "
+        f"{size / len(dataset) / 1024:.1f} KB per image ({time.perf_counter() - start:.1f} s)"
+    )
+
+
 def _worlds_export(config: WorldsExportConfig) -> None:
     from feature_splat.data.nerfstudio import export_nerfstudio
     from feature_splat.data.synthetic import load_world
@@ -116,6 +155,9 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("eval",): Command(EvalConfig, _eval, "re-evaluate a run folder on its held-out views"),
     ("render",): Command(
         RenderConfig, _render, "render a run's field at dataset views or an orbit"
+    ),
+    ("encode",): Command(
+        EncodeConfig, _encode, "cache a teacher's features of every view (resumable)"
     ),
     ("worlds", "export"): Command(
         WorldsExportConfig, _worlds_export, "export a built-in world in nerfstudio format"

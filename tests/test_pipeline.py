@@ -104,3 +104,17 @@ def test_demo_writes_summary_and_prompt_pngs(tmp_path, monkeypatch) -> None:
     for key in ("text_query", "point_query"):
         assert (run / summary[key]["png"].split("/")[-1]).is_file()
     assert (run / "metrics.json").is_file() and (run / "point_cloud.ply").is_file()
+
+
+def test_encode_command_fills_the_cache_once(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("FEATURE_SPLAT_CACHE", str(tmp_path))
+    args = ["encode", "tabletop", "--cache-dir", str(tmp_path / "features"), "--width", "48",
+            "--height", "36", "--teacher-dim", "32"]  # fmt: skip
+    main(args)
+    (folder,) = (tmp_path / "features").iterdir()
+    files = sorted(folder.glob("*.npz"))
+    assert len(files) == 48
+    stamps = [f.stat().st_mtime_ns for f in files]
+    main(args)  # everything cached: nothing rewritten
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    assert "KB per image" in capsys.readouterr().out

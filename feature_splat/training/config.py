@@ -54,6 +54,10 @@ class TrainConfig:
     """The 2D teacher distilled (the synthetic oracle needs a built-in world)."""
     teacher_dim: int = 512
     teacher_stride: int = 8
+    cache_dir: Path | None = None
+    """Teacher-feature cache folder (one fp16 file per image, reused across runs); none = memory only."""
+    teacher_pca: int | None = None
+    """Store the cached teacher features as this many PCA coefficients (needs cache_dir)."""
     feature_dim: int = 16
     """Channels rendered per Gaussian (F); the decoder lifts them to the teacher's width."""
     decoder: Literal["linear", "mlp", "none"] = "linear"
@@ -87,6 +91,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["out"] = str(self.out)
+        data["cache_dir"] = None if self.cache_dir is None else str(self.cache_dir)
         data["decoder_hidden"] = list(self.decoder_hidden)
         return data
 
@@ -94,6 +99,7 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         data = dict(data)
         data["out"] = Path(data["out"])
+        data["cache_dir"] = None if data.get("cache_dir") is None else Path(data["cache_dir"])
         data["decoder_hidden"] = tuple(data.get("decoder_hidden", ()))
         data["lr"] = LearningRates(**data.get("lr", {}))
         data["densify"] = DensifyConfig(**data.get("densify", {}))

@@ -27,6 +27,7 @@ from feature_splat.errors import CheckpointError, DatasetError
 from feature_splat.eval.heldout import evaluate_heldout
 from feature_splat.field import FeatureField
 from feature_splat.io import write_json, write_png
+from feature_splat.io.feature_cache import FeatureCache
 from feature_splat.teachers import Teacher
 from feature_splat.training.config import TrainConfig
 from feature_splat.training.trainer import Trainer
@@ -60,11 +61,18 @@ def make_teacher(config: TrainConfig, dataset: Dataset) -> Teacher:
     )
 
 
-def encode_views(teacher: Teacher, dataset: Dataset, batch: int = 8) -> Tensor:
-    """The teacher's features of every view, [V, h, w, M] in float16."""
+def encode_views(
+    teacher: Teacher, dataset: Dataset, cache_dir: Path | None = None, pca_dim: int | None = None
+) -> Tensor:
+    """The teacher's features of every view, [V, h, w, M] in float16 (through the on-disk cache
+    when ``cache_dir`` is given)."""
+    if cache_dir is not None:
+        return FeatureCache(cache_dir, teacher, pca_dim).encode(dataset.images).to(torch.float16)
+    if pca_dim is not None:
+        raise DatasetError("teacher_pca: PCA storage is a cache option; give a cache_dir too")
     maps = []
-    for start in track(range(0, len(dataset), batch), description="teacher", transient=True):
-        images = dataset.images[start : start + batch].permute(0, 3, 1, 2)
+    for start in track(range(0, len(dataset), 8), description="teacher", transient=True):
+        images = dataset.images[start : start + 8].permute(0, 3, 1, 2)
         maps.append(teacher.encode(images).permute(0, 2, 3, 1).to(torch.float16))
     return torch.cat(maps)
 
@@ -90,7 +98,7 @@ def train(config: TrainConfig, console: Console | None = None) -> RunResult:
     start = time.perf_counter()
     dataset = load_scene(config)
     teacher = make_teacher(config, dataset)
-    teacher_maps = encode_views(teacher, dataset)
+    teacher_maps = encode_views(teacher, dataset, config.cache_dir, config.teacher_pca)
     trainer = Trainer(config, dataset, teacher_maps, teacher.dim)
     if config.resume:
         trainer.load_checkpoint()
@@ -128,7 +136,11 @@ def evaluate_run(run_dir: Path) -> dict[str, object]:
     teacher = make_teacher(config, dataset)
     field = FeatureField.load(run_dir)
     metrics = evaluate_heldout(
-        field, dataset, teacher, encode_views(teacher, dataset), out_dir=run_dir
+        field,
+        dataset,
+        teacher,
+        encode_views(teacher, dataset, config.cache_dir, config.teacher_pca),
+        out_dir=run_dir,
     )
     write_json(run_dir / METRICS_NAME, metrics)
     return metrics

@@ -1,0 +1,169 @@
+"""An on-disk cache of teacher features: one small file per image, never silently stale.
+
+Layout: ``ROOT/<teacher name>-<hash of config_id>[-pca<k>-<dataset key>]/<image key>.npz``. Each file holds
+the features of one image at the teacher's own resolution in float16 ([h, w, M], or [h, w, k] PCA
+coefficients), with the teacher's full ``config_id`` and the image's content hash inside. A file
+whose stored ids, shape or values do not check out is treated as missing and recomputed. Files are
+written atomically, so a killed run leaves finished files and no half-written one; encoding again
+resumes where it stopped.
+
+With ``pca_dim = k`` the features are projected on a k-dimensional basis fitted once per dataset
+(``pca.npz`` beside the files, keyed by the dataset's image hashes): the cache shrinks by M / k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import track
+from torch import Tensor
+
+from feature_splat.errors import InputShapeError
+from feature_splat.io.files import atomic_write_bytes
+from feature_splat.teachers.base import Teacher
+
+FORMAT = 1
+
+
+def image_hash(image: Tensor) -> str:
+    """Content hash of an image [H, W, 3] or [3, H, W] in [0, 1], after rounding to 8 bits."""
+    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    digest = hashlib.sha256(str(tuple(pixels.shape)).encode())
+    digest.update(pixels.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _dataset_key(image_keys: list[str]) -> str:
+    """Short key of a set of images (PCA bases are fitted per dataset)."""
+    return hashlib.sha256("".join(image_keys).encode()).hexdigest()[:12]
+
+
+class FeatureCache:
+    """Teacher features of images, cached under ``root`` for one teacher (and PCA setting)."""
+
+    def __init__(self, root: str | Path, teacher: Teacher, pca_dim: int | None = None) -> None:
+        if pca_dim is not None and not 0 < pca_dim <= teacher.dim:
+            raise InputShapeError(
+                f"pca_dim: expected 1..{teacher.dim} (the teacher's width), got {pca_dim}"
+            )
+        self.teacher, self.pca_dim = teacher, pca_dim
+        config_key = hashlib.sha256(teacher.config_id.encode()).hexdigest()[:16]
+        self.root = Path(root) / f"{teacher.name}-{config_key}"
+
+    # -- files ----------------------------------------------------------------------------------
+    def _folder(self, dataset_key: str | None) -> Path:
+        if self.pca_dim is None:
+            return self.root
+        return self.root.parent / f"{self.root.name}-pca{self.pca_dim}-{dataset_key}"
+
+    def folder_of(self, images: Tensor) -> Path:
+        """The folder holding the cache files of these images [V, H, W, 3]."""
+        return self._folder(_dataset_key([image_hash(image) for image in images]))
+
+    def size_bytes_of(self, images: Tensor) -> int:
+        """Bytes on disk of the cache files of these images (PCA basis included)."""
+        folder = self.folder_of(images)
+        names = [f"{image_hash(image)}.npz" for image in images]
+        if self.pca_dim is not None:
+            names.append("pca.npz")
+        return sum((folder / n).stat().st_size for n in names if (folder / n).is_file())
+
+    def _read(self, path: Path, key: str, channels: int) -> Tensor | None:
+        """The stored array, or None when missing or not trustworthy (then it is recomputed)."""
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                ok = (
+                    int(data["format"]) == FORMAT
+                    and str(data["config_id"]) == self.teacher.config_id
+                    and str(data["image"]) == key
+                )
+                values = data["features"] if ok else None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None
+        if (
+            values is None
+            or values.dtype != np.float16
+            or values.ndim != 3
+            or values.shape[-1] != channels
+        ):
+            return None
+        tensor = torch.from_numpy(values.astype(np.float32))
+        return tensor if bool(torch.isfinite(tensor).all()) else None
+
+    def _write(self, path: Path, key: str, values: Tensor) -> None:
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            format=np.array(FORMAT),
+            config_id=np.array(self.teacher.config_id),
+            image=np.array(key),
+            features=values.detach().cpu().numpy().astype(np.float16),
+        )
+        atomic_write_bytes(path, buffer.getvalue())
+
+    # -- PCA ------------------------------------------------------------------------------------
+    def _read_basis(self, folder: Path) -> tuple[Tensor, Tensor] | None:
+        """The dataset's PCA (mean [M], basis [M, k]), or None if missing or not trustworthy."""
+        try:
+            with np.load(folder / "pca.npz", allow_pickle=False) as data:
+                if str(data["config_id"]) != self.teacher.config_id:
+                    return None
+                mean = torch.from_numpy(data["mean"].astype(np.float32))
+                basis = torch.from_numpy(data["basis"].astype(np.float32))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None
+        return (mean, basis) if basis.shape == (self.teacher.dim, self.pca_dim) else None
+
+    def _fit_basis(self, folder: Path, sample: Tensor) -> tuple[Tensor, Tensor]:
+        mean = sample.mean(0)
+        _, _, basis = torch.pca_lowrank(sample - mean, q=self.pca_dim, center=False, niter=6)
+        buffer = io.BytesIO()
+        np.savez(buffer, config_id=np.array(self.teacher.config_id), mean=mean.numpy(),
+                 basis=basis.numpy())  # fmt: skip
+        atomic_write_bytes(folder / "pca.npz", buffer.getvalue())
+        return mean, basis
+
+    # -- the main entry point -------------------------------------------------------------------
+    def encode(self, images: Tensor, batch: int = 8, show_progress: bool = True) -> Tensor:
+        """Teacher features [V, h, w, M] of images [V, H, W, 3]: read from the cache, computing
+        (in batches) and storing only what is missing or stale."""
+        keys = [image_hash(image) for image in images]
+        folder = self._folder(_dataset_key(keys))
+        basis = self._read_basis(folder) if self.pca_dim is not None else None
+        channels = self.teacher.dim if self.pca_dim is None else self.pca_dim
+        stored: dict[int, Tensor] = {}
+        if self.pca_dim is None or basis is not None:  # without its basis, coefficients are void
+            for i, key in enumerate(keys):
+                value = self._read(folder / f"{key}.npz", key, channels)
+                if value is not None:
+                    stored[i] = value
+        missing = [i for i in range(len(images)) if i not in stored]
+        fresh: dict[int, Tensor] = {}
+        batches = [missing[s : s + batch] for s in range(0, len(missing), batch)]
+        for chunk in track(
+            batches, description="teacher", disable=not show_progress or not batches
+        ):
+            encoded = self.teacher.encode(images[chunk].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            for i, value in zip(chunk, encoded, strict=True):
+                fresh[i] = value.half().float()  # what a later read returns
+                if self.pca_dim is None:
+                    self._write(folder / f"{keys[i]}.npz", keys[i], value)
+        if self.pca_dim is None:
+            return torch.stack([stored[i] if i in stored else fresh[i] for i in range(len(images))])
+        if basis is None:  # fit on every view of the dataset (all were recomputed above)
+            basis = self._fit_basis(
+                folder, torch.cat([v.reshape(-1, v.shape[-1]) for v in fresh.values()])
+            )
+        mean, vectors = basis
+        coefficients = dict(stored)
+        for i, value in fresh.items():
+            coefficients[i] = ((value - mean) @ vectors).half().float()
+            self._write(folder / f"{keys[i]}.npz", keys[i], coefficients[i])
+        return torch.stack([coefficients[i] @ vectors.T + mean for i in range(len(keys))])
