@@ -115,3 +115,12 @@ def test_mismatched_feature_widths_are_reported(tmp_path) -> None:
     write_ply(tmp_path / "run" / "point_cloud.ply", _field(feature_dim=6, sh_degree=1))
     with pytest.raises(CheckpointError, match=r"decoder expects 4 feature channels.*has 6"):
         FeatureField.load(tmp_path / "run")
+
+
+def test_to_teacher_cells_matches_a_teacher_grid_that_is_not_the_stride_grid() -> None:
+    from feature_splat.teachers import to_teacher_cells
+
+    maps = torch.arange(16, dtype=torch.float32).reshape(1, 1, 4, 4)
+    blocks = torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]])  # 2x2 block averages
+    torch.testing.assert_close(to_teacher_cells(maps, (2, 2), 2), blocks)
+    torch.testing.assert_close(to_teacher_cells(maps, (2, 2), 16), blocks)  # resampled path

@@ -24,7 +24,7 @@ from feature_splat.eval.metrics import (
 )
 from feature_splat.field import FeatureField
 from feature_splat.io import write_png
-from feature_splat.teachers import Teacher, pool_to_cells
+from feature_splat.teachers import Teacher, to_teacher_cells
 from feature_splat.visualize import depth_rgb, label_rgb, pca_rgb
 
 
@@ -56,9 +56,11 @@ def evaluate_heldout(
         render = field.render(dataset.cameras[view])
         rgb = render.rgb[0].clamp(0, 1)
         target = dataset.images[view]
-        cells = pool_to_cells(render.features[0].permute(2, 0, 1)[None], teacher.stride)[0]
-        decoded_cells = field.decode(cells.permute(1, 2, 0))
         teacher_cells = teacher_maps[view].float()
+        cells = to_teacher_cells(
+            render.features[0].permute(2, 0, 1)[None], teacher_cells.shape[:2], teacher.stride
+        )[0]
+        decoded_cells = field.decode(cells.permute(1, 2, 0))
         row: dict[str, object] = {
             "view": dataset.image_names[view],
             "psnr": psnr(rgb, target),

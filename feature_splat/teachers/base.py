@@ -49,3 +49,15 @@ def pool_to_cells(maps: Tensor, stride: int) -> Tensor:
     )
     counts = torch.nn.functional.avg_pool2d(ones, stride, stride, divisor_override=1)
     return sums / counts
+
+
+def to_teacher_cells(maps: Tensor, cells: tuple[int, int], stride: int) -> Tensor:
+    """Rendered maps [B, C, H, W] brought to a teacher map's ``cells`` = (h, w) by averaging.
+
+    Exact cell averages (:func:`pool_to_cells`) when the teacher's grid is the stride grid; area
+    resampling otherwise (teachers that resize their input by a non-integer factor).
+    """
+    h, w = maps.shape[-2:]
+    if (-(-h // stride), -(-w // stride)) == tuple(cells):
+        return pool_to_cells(maps, stride)
+    return torch.nn.functional.adaptive_avg_pool2d(maps, cells)

@@ -25,7 +25,7 @@ from feature_splat.errors import CheckpointError
 from feature_splat.field import FeatureField
 from feature_splat.gaussians import GaussianField, num_sh_bases, rgb_to_sh0
 from feature_splat.io import atomic_write_bytes
-from feature_splat.teachers import pool_to_cells
+from feature_splat.teachers import to_teacher_cells
 from feature_splat.training.config import TrainConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -172,9 +172,12 @@ class Trainer:
         l1 = (rgb - target).abs().mean()
         ssim_value = ssim(rgb.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None], data_range=1.0)
         rgb_loss = 0.8 * l1 + 0.2 * (1.0 - ssim_value)
-        cells = pool_to_cells(render.features[0].permute(2, 0, 1)[None], self.stride)[0]
+        target_map = self.teacher_maps[view].float()
+        cells = to_teacher_cells(
+            render.features[0].permute(2, 0, 1)[None], target_map.shape[:2], self.stride
+        )[0]
         decoded = self.decoder(cells.permute(1, 2, 0))
-        feature_loss = self.feature_loss(decoded, self.teacher_maps[view].float())
+        feature_loss = self.feature_loss(decoded, target_map)
         loss = rgb_loss + config.feature_weight * feature_loss
 
         self.strategy.step_pre_backward(
