@@ -109,7 +109,9 @@ def test_pool_to_cells_averages_partial_cells() -> None:
 def test_mismatched_feature_widths_are_reported(tmp_path) -> None:
     from feature_splat.field import FeatureField
 
-    field = FeatureField(_field(feature_dim=4, sh_degree=1), SpeedUpDecoder(4, 9), torch.zeros(7), 1)
+    field = FeatureField(
+        _field(feature_dim=4, sh_degree=1), SpeedUpDecoder(4, 9), torch.zeros(7), 1
+    )
     field.save(tmp_path / "run")
     assert FeatureField.load(tmp_path / "run").decoder.out_dim == 9
     write_ply(tmp_path / "run" / "point_cloud.ply", _field(feature_dim=6, sh_degree=1))

@@ -86,7 +86,7 @@ def _heldout_scores(trainer: Trainer, dataset: Dataset, maps: torch.Tensor) -> t
 
 def test_training_improves_heldout_psnr_and_feature_cosine(tmp_path) -> None:
     dataset, maps = _truth_scene()
-    trainer = Trainer(_config(tmp_path, 400), dataset, maps, TEACHER_DIM)
+    trainer = Trainer(_config(tmp_path, 400), dataset, maps, TEACHER_DIM, STRIDE)
     psnr_before, cos_before = _heldout_scores(trainer, dataset, maps)
     trainer.train(show_progress=False)
     psnr_after, cos_after = _heldout_scores(trainer, dataset, maps)
@@ -98,13 +98,13 @@ def test_training_improves_heldout_psnr_and_feature_cosine(tmp_path) -> None:
 
 def test_resume_equals_uninterrupted_run(tmp_path) -> None:
     dataset, maps = _truth_scene(n_views=6, size=24)
-    full = Trainer(_config(tmp_path / "full", 50), dataset, maps, TEACHER_DIM)
+    full = Trainer(_config(tmp_path / "full", 50), dataset, maps, TEACHER_DIM, STRIDE)
     full.train(show_progress=False)
 
-    first = Trainer(_config(tmp_path / "split", 50), dataset, maps, TEACHER_DIM)
+    first = Trainer(_config(tmp_path / "split", 50), dataset, maps, TEACHER_DIM, STRIDE)
     first.train(show_progress=False, until=30)
     first.save_checkpoint()
-    resumed = Trainer(_config(tmp_path / "split", 50), dataset, maps, TEACHER_DIM)
+    resumed = Trainer(_config(tmp_path / "split", 50), dataset, maps, TEACHER_DIM, STRIDE)
     resumed.load_checkpoint()
     assert resumed.step == 30
     resumed.train(show_progress=False)

@@ -42,6 +42,7 @@ class SpeedupBenchConfig:
 def _run_case(train_config: TrainConfig, threads: int) -> dict[str, float]:
     """Train one configuration in this (fresh) process; returns its measurements."""
     from feature_splat.eval.heldout import evaluate_heldout
+    from feature_splat.teachers import grid_stride
     from feature_splat.training.run import encode_views, load_scene, make_teacher
     from feature_splat.training.trainer import Trainer
 
@@ -50,7 +51,7 @@ def _run_case(train_config: TrainConfig, threads: int) -> dict[str, float]:
     teacher = make_teacher(train_config, dataset)
     maps = encode_views(teacher, dataset)
     with PeakRSS() as peak:
-        trainer = Trainer(train_config, dataset, maps, teacher.dim)
+        trainer = Trainer(train_config, dataset, maps, teacher.dim, grid_stride(teacher))
         times = []
         while trainer.step < train_config.iterations:
             start = time.perf_counter()

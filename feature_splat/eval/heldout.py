@@ -24,7 +24,7 @@ from feature_splat.eval.metrics import (
 )
 from feature_splat.field import FeatureField
 from feature_splat.io import write_png
-from feature_splat.teachers import Teacher, to_teacher_cells
+from feature_splat.teachers import Teacher, grid_stride, to_teacher_cells
 from feature_splat.visualize import depth_rgb, label_rgb, pca_rgb
 
 
@@ -58,7 +58,7 @@ def evaluate_heldout(
         target = dataset.images[view]
         teacher_cells = teacher_maps[view].float()
         cells = to_teacher_cells(
-            render.features[0].permute(2, 0, 1)[None], teacher_cells.shape[:2], teacher.stride
+            render.features[0].permute(2, 0, 1)[None], teacher_cells.shape[:2], grid_stride(teacher)
         )[0]
         decoded_cells = field.decode(cells.permute(1, 2, 0))
         row: dict[str, object] = {

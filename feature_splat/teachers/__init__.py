@@ -1,5 +1,5 @@
 """2D teachers whose features are distilled into fields."""
 
-from feature_splat.teachers.base import Teacher, pool_to_cells, to_teacher_cells
+from feature_splat.teachers.base import Teacher, grid_stride, pool_to_cells, to_teacher_cells
 
-__all__ = ["Teacher", "pool_to_cells", "to_teacher_cells"]
+__all__ = ["Teacher", "grid_stride", "pool_to_cells", "to_teacher_cells"]

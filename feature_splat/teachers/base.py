@@ -51,13 +51,19 @@ def pool_to_cells(maps: Tensor, stride: int) -> Tensor:
     return sums / counts
 
 
-def to_teacher_cells(maps: Tensor, cells: tuple[int, int], stride: int) -> Tensor:
+def grid_stride(teacher: Teacher) -> int | None:
+    """The teacher's stride if its cells tile the original image exactly (``resizes_input`` is
+    False), else None: foundation models resize their input, so their cells are not whole pixels."""
+    return None if getattr(teacher, "resizes_input", True) else teacher.stride
+
+
+def to_teacher_cells(maps: Tensor, cells: tuple[int, int], stride: int | None) -> Tensor:
     """Rendered maps [B, C, H, W] brought to a teacher map's ``cells`` = (h, w) by averaging.
 
-    Exact cell averages (:func:`pool_to_cells`) when the teacher's grid is the stride grid; area
-    resampling otherwise (teachers that resize their input by a non-integer factor).
+    Exact cell averages (:func:`pool_to_cells`) for a teacher whose grid is the stride grid (see
+    :func:`grid_stride`); area resampling to the teacher's grid otherwise.
     """
     h, w = maps.shape[-2:]
-    if (-(-h // stride), -(-w // stride)) == tuple(cells):
+    if stride is not None and (-(-h // stride), -(-w // stride)) == tuple(cells):
         return pool_to_cells(maps, stride)
     return torch.nn.functional.adaptive_avg_pool2d(maps, cells)

@@ -67,6 +67,7 @@ class SyntheticTeacher:
 
     name = "synthetic"
     language_aligned = True
+    resizes_input = False  # cell (i, j) covers exactly pixels [i*stride, (i+1)*stride) x ...
 
     def __init__(
         self,

@@ -28,7 +28,7 @@ from feature_splat.eval.heldout import evaluate_heldout
 from feature_splat.field import FeatureField
 from feature_splat.io import write_json, write_png
 from feature_splat.io.feature_cache import FeatureCache
-from feature_splat.teachers import Teacher
+from feature_splat.teachers import Teacher, grid_stride
 from feature_splat.training.config import TrainConfig
 from feature_splat.training.trainer import Trainer
 from feature_splat.visualize import depth_rgb, pca_rgb
@@ -99,7 +99,7 @@ def train(config: TrainConfig, console: Console | None = None) -> RunResult:
     dataset = load_scene(config)
     teacher = make_teacher(config, dataset)
     teacher_maps = encode_views(teacher, dataset, config.cache_dir, config.teacher_pca)
-    trainer = Trainer(config, dataset, teacher_maps, teacher.dim)
+    trainer = Trainer(config, dataset, teacher_maps, teacher.dim, grid_stride(teacher))
     if config.resume:
         trainer.load_checkpoint()
         console.print(f"resumed at step {trainer.step}")

@@ -86,11 +86,18 @@ class Trainer:
     """Optimises a :class:`FeatureField` on the training views of a dataset."""
 
     def __init__(
-        self, config: TrainConfig, dataset: Dataset, teacher_maps: Tensor, teacher_dim: int
+        self,
+        config: TrainConfig,
+        dataset: Dataset,
+        teacher_maps: Tensor,
+        teacher_dim: int,
+        grid_stride: int | None = None,
     ) -> None:
-        """``teacher_maps`` [V, h, w, M] holds the teacher's features of every view (train and test)."""
+        """``teacher_maps`` [V, h, w, M] holds the teacher's features of every view (train and
+        test); ``grid_stride`` is the teacher's stride when its cells tile the image exactly
+        (:func:`~feature_splat.teachers.grid_stride`), else None (rendered maps are resampled)."""
         self.config, self.dataset, self.teacher_maps = config, dataset, teacher_maps
-        self.stride = config.teacher_stride
+        self.stride = grid_stride
         self.scene_scale = scene_scale(dataset)
         torch.manual_seed(config.seed)  # gsplat's split draws from the global generator
         self.view_generator = torch.Generator().manual_seed(config.seed)
