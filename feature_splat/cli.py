@@ -51,7 +51,10 @@ class EncodeConfig:
     data: tyro.conf.Positional[str]
     """A built-in world (room, tabletop, street) or a dataset folder."""
     cache_dir: Path = Path("outputs/cache")
-    teacher: Literal["synthetic"] = "synthetic"
+    teacher: Literal["synthetic", "sam", "clip", "lseg", "dino"] = "synthetic"
+    teacher_checkpoint: Path | None = None
+    """Local weights of a foundation-model teacher."""
+    teacher_model: str | None = None
     teacher_dim: int = 512
     teacher_stride: int = 8
     pca: int | None = None
@@ -109,7 +112,8 @@ def _encode(config: EncodeConfig) -> None:
     from feature_splat.training.run import load_scene, make_teacher
 
     train_config = TrainConfig(
-        data=config.data, teacher=config.teacher, teacher_dim=config.teacher_dim,
+        data=config.data, teacher=config.teacher, teacher_checkpoint=config.teacher_checkpoint,
+        teacher_model=config.teacher_model, teacher_dim=config.teacher_dim,
         teacher_stride=config.teacher_stride, width=config.width, height=config.height,
         seed=config.seed,
     )  # fmt: skip

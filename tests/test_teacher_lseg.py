@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from feature_splat.errors import CheckpointError, InputShapeError, NonFiniteError
-from feature_splat.teachers.base import Teacher
+from feature_splat.teachers.base import Teacher, grid_stride
 from feature_splat.teachers.lseg import (
     LSEG_CONFIGS,
     LSegNet,
@@ -82,6 +82,7 @@ def test_encode_shapes_stride_and_unit_norm(teacher) -> None:
     assert teacher.last_geometry == teacher.geometry(100, 50)
     assert isinstance(teacher, Teacher)
     assert teacher.language_aligned and teacher.dim == TINY_DIM
+    assert grid_stride(teacher) is None  # it resizes its input: rendered maps get resampled
 
 
 def test_padding_cells_are_cropped(teacher) -> None:
@@ -152,7 +153,7 @@ def test_bad_inputs_and_options(teacher) -> None:
         teacher.encode(torch.full((1, 3, 32, 32), float("nan")))
     with pytest.raises(InputShapeError, match="image_size"):
         LSegTeacher.random("tiny", image_size=16)
-    with pytest.raises(InputShapeError, match="model_type.*clip_vitl16_384"):
+    with pytest.raises(InputShapeError, match=r"model_type.*clip_vitl16_384"):
         LSegTeacher.random("vit_huge")
 
 
@@ -297,7 +298,9 @@ def test_official_style_checkpoint_loads_strictly(tmp_path, teacher) -> None:
 
     bare = tmp_path / "lseg_state_dict.pt"  # the weights alone, re-saved without Lightning
     torch.save(teacher.net.state_dict(), bare)
-    assert torch.equal(LSegTeacher(bare, 64, model_type="tiny").encode(images), loaded.encode(images))
+    assert torch.equal(
+        LSegTeacher(bare, 64, model_type="tiny").encode(images), loaded.encode(images)
+    )
 
 
 def test_corrupted_checkpoints_name_the_key(tmp_path, teacher) -> None:
@@ -310,7 +313,9 @@ def test_corrupted_checkpoints_name_the_key(tmp_path, teacher) -> None:
     state = dict(teacher.net.state_dict())
     state["pretrained.act_postprocess1.3.weight"] = torch.zeros(3, 3, 1, 1)
     _fake_lightning_checkpoint(tmp_path / "shape.ckpt", state)
-    with pytest.raises(CheckpointError, match=r"wrong shape.*pretrained\.act_postprocess1\.3\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"wrong shape.*pretrained\.act_postprocess1\.3\.weight"
+    ):
         LSegTeacher(tmp_path / "shape.ckpt", model_type="tiny")
 
     (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
@@ -324,7 +329,9 @@ def test_checkpoint_with_foreign_objects_is_refused(tmp_path, teacher) -> None:
     module.Payload = type("Payload", (), {"__module__": name})
     sys.modules[name] = module
     try:
-        torch.save({"state_dict": teacher.net.state_dict(), "x": module.Payload()}, tmp_path / "x.pt")
+        torch.save(
+            {"state_dict": teacher.net.state_dict(), "x": module.Payload()}, tmp_path / "x.pt"
+        )
     finally:
         del sys.modules[name]
     with pytest.raises(CheckpointError, match=r"someone_elses_package\.Payload"):

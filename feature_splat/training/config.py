@@ -50,10 +50,16 @@ class TrainConfig:
     """A built-in world (room, tabletop, street) or a dataset folder (nerfstudio, Blender, COLMAP)."""
     out: Path = Path("outputs/run")
     """Run folder: PLY, decoder, config, metrics, PNGs, checkpoints."""
-    teacher: Literal["synthetic"] = "synthetic"
+    teacher: Literal["synthetic", "sam", "clip", "lseg", "dino"] = "synthetic"
     """The 2D teacher distilled (the synthetic oracle needs a built-in world)."""
+    teacher_checkpoint: Path | None = None
+    """Local weights of a foundation-model teacher (nothing is ever downloaded)."""
+    teacher_model: str | None = None
+    """Variant: SAM vit_b|vit_l|vit_h, an open_clip model name, a timm DINOv2 name, LSeg clip_vitl16_384."""
     teacher_dim: int = 512
+    """Width of the synthetic oracle (foundation models have their own)."""
     teacher_stride: int = 8
+    """Cell size in pixels of the synthetic oracle and of CLIP."""
     cache_dir: Path | None = None
     """Teacher-feature cache folder (one fp16 file per image, reused across runs); none = memory only."""
     teacher_pca: int | None = None
@@ -91,7 +97,8 @@ class TrainConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["out"] = str(self.out)
-        data["cache_dir"] = None if self.cache_dir is None else str(self.cache_dir)
+        for key in ("cache_dir", "teacher_checkpoint"):
+            data[key] = None if data[key] is None else str(data[key])
         data["decoder_hidden"] = list(self.decoder_hidden)
         return data
 
@@ -99,7 +106,8 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         data = dict(data)
         data["out"] = Path(data["out"])
-        data["cache_dir"] = None if data.get("cache_dir") is None else Path(data["cache_dir"])
+        for key in ("cache_dir", "teacher_checkpoint"):
+            data[key] = None if data.get(key) is None else Path(data[key])
         data["decoder_hidden"] = tuple(data.get("decoder_hidden", ()))
         data["lr"] = LearningRates(**data.get("lr", {}))
         data["densify"] = DensifyConfig(**data.get("densify", {}))

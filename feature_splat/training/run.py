@@ -29,6 +29,7 @@ from feature_splat.field import FeatureField
 from feature_splat.io import write_json, write_png
 from feature_splat.io.feature_cache import FeatureCache
 from feature_splat.teachers import Teacher, grid_stride
+from feature_splat.teachers.factory import build_teacher
 from feature_splat.training.config import TrainConfig
 from feature_splat.training.trainer import Trainer
 from feature_splat.visualize import depth_rgb, pca_rgb
@@ -49,15 +50,13 @@ def load_scene(config: TrainConfig) -> Dataset:
 
 def make_teacher(config: TrainConfig, dataset: Dataset) -> Teacher:
     """The teacher named by ``config.teacher``, set up for ``dataset``."""
-    from feature_splat.teachers.synthetic import SyntheticTeacher
-
-    if dataset.labels is None:
-        raise DatasetError(
-            f"{config.data}: the synthetic oracle teacher needs ground-truth labels, which only the "
-            "built-in worlds have; use a real teacher for real data"
-        )
-    return SyntheticTeacher.for_dataset(
-        dataset, dim=config.teacher_dim, stride=config.teacher_stride
+    return build_teacher(
+        config.teacher,
+        dataset,
+        checkpoint=config.teacher_checkpoint,
+        model=config.teacher_model,
+        dim=config.teacher_dim,
+        stride=config.teacher_stride,
     )
 
 

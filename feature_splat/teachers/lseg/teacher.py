@@ -107,6 +107,17 @@ def lseg_geometry(height: int, width: int, long_side: int) -> LSegGeometry:
     return LSegGeometry((height, width), (new_h, new_w), padded, cells, OUTPUT_STRIDE / scale)
 
 
+class _LightningObject:
+    """Inert stand-in for any Lightning class pickled in a checkpoint: accepts any construction
+    and state, runs no code. Only the weights are read from such checkpoints."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+
 def read_lightning_state_dict(path: Path) -> dict[str, Tensor]:
     """The tensors of a (PyTorch Lightning) checkpoint's ``state_dict``, read with
     ``weights_only=True``.
@@ -141,17 +152,6 @@ def read_lightning_state_dict(path: Path) -> dict[str, Tensor]:
         ) from err
 
 
-class _LightningObject:
-    """Inert stand-in for any Lightning class pickled in a checkpoint: accepts any construction
-    and state, runs no code. Only the weights are read from such checkpoints."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def __setstate__(self, state: object) -> None:
-        pass
-
-
 def strip_checkpoint_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """The official checkpoint's ``net.``-prefixed keys without the prefix; other keys are kept as
     they are (so that a strict load reports them as unexpected)."""
@@ -173,6 +173,7 @@ class LSegTeacher:
 
     name = "lseg"
     language_aligned = True
+    resizes_input = True  # to long side image_size: cells are not whole original pixels in general
 
     def __init__(
         self,

@@ -1,0 +1,66 @@
+"""Teachers by name, and a training run distilling a (tiny, random) CLIP through the real path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from feature_splat.cli import main
+from feature_splat.data.synthetic import load_world
+from feature_splat.errors import BackendUnavailableError, CheckpointError, DatasetError
+from feature_splat.teachers import grid_stride
+from feature_splat.teachers.factory import build_teacher
+
+
+def test_factory_errors_name_what_is_expected(tmp_path) -> None:
+    with pytest.raises(DatasetError, match="ground-truth labels"):
+        build_teacher("synthetic", None)
+    with pytest.raises(BackendUnavailableError, match="expected one of"):
+        build_teacher("mae")
+    with pytest.raises(CheckpointError, match=r"sam_vit_b_01ec64\.pth"):
+        build_teacher("sam", checkpoint=None)
+    with pytest.raises(CheckpointError, match=r"dinov2_vits14_pretrain\.pth"):
+        build_teacher("dino", checkpoint=tmp_path / "missing.pth")
+    with pytest.raises(CheckpointError, match=r"demo_e200\.ckpt"):
+        build_teacher("lseg", checkpoint=None)
+
+
+def test_synthetic_cells_tile_the_image(tmp_path) -> None:
+    world = load_world("tabletop", width=48, height=36, n_views=8, cache_dir=tmp_path)
+    assert grid_stride(build_teacher("synthetic", world, dim=16)) == 8
+
+
+def test_train_distils_a_tiny_clip_through_the_real_loading_path(tmp_path, monkeypatch) -> None:
+    open_clip = pytest.importorskip("open_clip")
+    monkeypatch.setenv("FEATURE_SPLAT_CACHE", str(tmp_path))
+    config = {
+        "embed_dim": 24,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 2,
+            "width": 32,
+            "head_width": 16,
+            "patch_size": 8,
+        },
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": 49408,
+            "width": 16,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
+    (tmp_path / "fs-factory-clip.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "fs-factory-clip.json")
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("fs-factory-clip").state_dict(), tmp_path / "clip.pt")
+    run = tmp_path / "run"
+    main(["train", "tabletop", "--out", str(run), "--teacher", "clip", "--teacher-model",
+          "fs-factory-clip", "--teacher-checkpoint", str(tmp_path / "clip.pt"), "--iterations", "20",
+          "--width", "48", "--height", "36", "--init-points", "1000", "--feature-dim", "8",
+          "--cache-dir", str(tmp_path / "features")])  # fmt: skip
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["teacher"] == "clip" and 0 <= metrics["text_miou_vs_truth"] <= 1
+    assert json.loads((run / "config.json").read_text())["teacher_checkpoint"].endswith("clip.pt")
