@@ -6,7 +6,9 @@ No teacher ever downloads anything: users pass checkpoint files they already hav
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +16,7 @@ from torch import Tensor, nn
 from feature_splat.errors import CheckpointError
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
+M = TypeVar("M", bound=nn.Module)
 
 
 def require_checkpoint(path: str | Path | None, what: str, where: str) -> Path:
@@ -80,3 +83,11 @@ def load_strict(model: nn.Module, state: dict[str, Tensor], source: str) -> None
     if problems:
         raise CheckpointError(f"{source}: does not match the model: " + "; ".join(problems))
     model.load_state_dict(state)
+
+
+def build_seeded(build: Callable[[], M], seed: int) -> M:
+    """``build()`` with torch's global generator seeded by ``seed`` and restored afterwards: random
+    weights that are the same every time, for tests, without disturbing the caller's randomness."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()

@@ -48,6 +48,7 @@ from torch import Tensor
 
 from feature_splat.errors import CheckpointError, InputShapeError, NonFiniteError
 from feature_splat.teachers.checkpoints import (
+    build_seeded,
     file_digest,
     load_strict,
     read_state_dict,
@@ -199,9 +200,7 @@ class SamTeacher:
         """A randomly initialised SAM ``model_type`` (deterministic in ``seed``), for tests only:
         its features mean nothing. Same code path as a loaded model apart from the weights."""
         config = _config(model_type)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = build_sam_model(config)
+        model = build_seeded(lambda: build_sam_model(config), seed)
         teacher = cls.__new__(cls)
         teacher._setup(model, model_type, config, f"random-init:{seed}", device)
         return teacher

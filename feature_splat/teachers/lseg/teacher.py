@@ -46,6 +46,7 @@ from torch import Tensor
 
 from feature_splat.errors import CheckpointError, InputShapeError, NonFiniteError
 from feature_splat.teachers.checkpoints import (
+    build_seeded,
     file_digest,
     load_strict,
     read_state_dict,
@@ -214,9 +215,7 @@ class LSegTeacher:
         """A randomly initialised LSeg ``model_type`` (deterministic in ``seed``), for tests only:
         its features mean nothing. Same code path as a loaded model apart from the weights."""
         config = _config(model_type)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = LSegNet(config)
+        net = build_seeded(lambda: LSegNet(config), seed)
         teacher = cls.__new__(cls)
         weights_id = f"random-init:{seed}"
         teacher._setup(net, model_type, weights_id, image_size, multi_scale, flip, scales, device)
