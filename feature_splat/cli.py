@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
 from rich.console import Console
@@ -42,6 +42,39 @@ class RenderConfig:
     """Render one camera at EYE looking at TARGET (world coordinates, z up): EX EY EZ TX TY TZ."""
     out: Path | None = None
     """Output folder (default: RUN/rendered)."""
+
+
+@dataclass
+class QueryConfig:
+    """Ask a run's field a text prompt: relevancy maps of dataset views and a 3D selection count."""
+
+    run: tyro.conf.Positional[Path]
+    text: str
+    labels: tuple[str, ...] = ()
+    """Also segment the views over this label set."""
+    views: tuple[int, ...] = ()
+    """Dataset view indices (default: the held-out views)."""
+    threshold: float = 0.5
+    """Relevancy above which a pixel or a Gaussian counts as selected."""
+    out: Path | None = None
+    """Output folder (default: RUN/queries/<text>)."""
+
+
+@dataclass
+class EditConfig:
+    """Delete, extract or recolour what a text prompt selects; writes a new field to OUT."""
+
+    run: tyro.conf.Positional[Path]
+    text: str
+    op: Literal["delete", "extract", "recolour"]
+    out: Annotated[Path, tyro.conf.arg(aliases=["-o"])]
+    threshold: float = 0.5
+    mode: Literal["relevancy", "cosine"] = "cosine"
+    """Score thresholded per Gaussian: raw cosine of its decoded feature with the text (Feature
+    3DGS's semantics), or LERF relevancy (noisier per Gaussian: hidden Gaussians' features are
+    barely constrained by training and sit near relevancy 0.5)."""
+    color: tuple[float, float, float] = (0.1, 0.8, 0.1)
+    """RGB for --op recolour."""
 
 
 @dataclass
@@ -107,6 +140,35 @@ def _render(config: RenderConfig) -> None:
     Console().print(f"renders: {out}")
 
 
+def _query(config: QueryConfig) -> None:
+    from feature_splat.edit.run import query_run
+
+    summary = query_run(
+        config.run,
+        config.text,
+        list(config.labels),
+        list(config.views),
+        config.threshold,
+        config.out,
+    )
+    Console().print(
+        f"'{config.text}': {summary['gaussians_selected']:,} of {summary['gaussians']:,} Gaussians above "
+        f"{config.threshold}; PNGs and query.json in {config.out or config.run / 'queries'}"
+    )
+
+
+def _edit(config: EditConfig) -> None:
+    from feature_splat.edit.run import edit_run
+
+    summary = edit_run(
+        config.run, config.text, config.op, config.out, config.threshold, config.mode, config.color
+    )
+    Console().print(
+        f"{config.op} '{config.text}': {summary['selected']:,} Gaussians selected; "
+        f"{summary['gaussians_after']:,} remain in {config.out}"
+    )
+
+
 def _encode(config: EncodeConfig) -> None:
     from feature_splat.io.feature_cache import FeatureCache
     from feature_splat.training.run import load_scene, make_teacher
@@ -160,6 +222,10 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("render",): Command(
         RenderConfig, _render, "render a run's field at dataset views or an orbit"
     ),
+    ("query",): Command(
+        QueryConfig, _query, "text prompt on a run: relevancy maps and 3D selection"
+    ),
+    ("edit",): Command(EditConfig, _edit, "delete / extract / recolour what a text prompt selects"),
     ("encode",): Command(
         EncodeConfig, _encode, "cache a teacher's features of every view (resumable)"
     ),

@@ -91,6 +91,18 @@ def test_cli_train_eval_render_on_a_tiny_world(tmp_path, monkeypatch) -> None:
     main(["render", str(run), "--look-at", "2", "2", "1.5", "0", "0", "0.5"])
     assert (run / "rendered" / "look_at.png").is_file()
 
+    main(["query", str(run), "--text", "a table", "--labels", "table", "sky", "mug"])
+    query = json.loads((run / "queries" / "a_table" / "query.json").read_text())
+    assert query["gaussians"] == len(field.gaussians) and len(query["views"]) == 6
+    edited = tmp_path / "edited"
+    main(["edit", str(run), "--text", "table", "--op", "delete", "-o", str(edited)])
+    summary = json.loads((edited / "edit.json").read_text())
+    assert summary["gaussians_after"] == summary["gaussians_before"] - summary["selected"]
+    assert len(FeatureField.load(edited).gaussians) == summary["gaussians_after"]
+    assert FeatureField.load(run).gaussians.means.shape == field.gaussians.means.shape  # input kept
+    with pytest.raises(Exception, match="new, empty folder"):
+        main(["edit", str(run), "--text", "table", "--op", "extract", "-o", str(edited)])
+
 
 def test_demo_writes_summary_and_prompt_pngs(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("FEATURE_SPLAT_CACHE", str(tmp_path))
