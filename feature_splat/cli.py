@@ -46,10 +46,18 @@ class RenderConfig:
 
 @dataclass
 class QueryConfig:
-    """Ask a run's field a text prompt: relevancy maps of dataset views and a 3D selection count."""
+    """Ask a run's field a text prompt (relevancy maps, 3D selection count) or, for a SAM-distilled
+    run, SAM point / box prompts on its rendered features."""
 
     run: tyro.conf.Positional[Path]
-    text: str
+    text: str | None = None
+    """Text prompt (language-aligned teachers)."""
+    point: tuple[int, ...] = ()
+    """SAM point prompt(s) as x y pairs in pixels (SAM-distilled runs)."""
+    point_labels: tuple[int, ...] = ()
+    """1 = foreground, 0 = background, one per point (default: all 1)."""
+    box: tuple[float, float, float, float] | None = None
+    """SAM box prompt x0 y0 x1 y1 in pixels (SAM-distilled runs)."""
     labels: tuple[str, ...] = ()
     """Also segment the views over this label set."""
     views: tuple[int, ...] = ()
@@ -141,8 +149,26 @@ def _render(config: RenderConfig) -> None:
 
 
 def _query(config: QueryConfig) -> None:
-    from feature_splat.edit.run import query_run
+    from feature_splat.edit.run import query_run, sam_prompt_run
 
+    if config.point or config.box is not None:
+        if len(config.point) % 2:
+            raise SystemExit("--point: expected x y pairs")
+        points = list(zip(config.point[::2], config.point[1::2], strict=True))
+        summary = sam_prompt_run(
+            config.run,
+            list(config.views),
+            points,
+            list(config.point_labels),
+            config.box,
+            config.out,
+        )
+        Console().print(
+            f"SAM masks for {len(summary['views'])} views in {config.out or config.run / 'queries' / 'sam'}"
+        )
+        return
+    if config.text is None:
+        raise SystemExit("query: give --text, or --point / --box for a SAM-distilled run")
     summary = query_run(
         config.run,
         config.text,

@@ -64,3 +64,22 @@ def test_train_distils_a_tiny_clip_through_the_real_loading_path(tmp_path, monke
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["teacher"] == "clip" and 0 <= metrics["text_miou_vs_truth"] <= 1
     assert json.loads((run / "config.json").read_text())["teacher_checkpoint"].endswith("clip.pt")
+
+
+def test_sam_distilled_run_answers_point_and_box_prompts(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("segment_anything")
+    from feature_splat.teachers.sam import SamTeacher
+
+    monkeypatch.setenv("FEATURE_SPLAT_CACHE", str(tmp_path))
+    torch.save(SamTeacher.random("tiny").model.state_dict(), tmp_path / "sam_tiny.pth")
+    run = tmp_path / "run"
+    main(["train", "tabletop", "--out", str(run), "--teacher", "sam", "--teacher-model", "tiny",
+          "--teacher-checkpoint", str(tmp_path / "sam_tiny.pth"), "--iterations", "10",
+          "--width", "48", "--height", "36", "--init-points", "800", "--feature-dim", "8"])  # fmt: skip
+    assert json.loads((run / "metrics.json").read_text())["teacher"] == "sam"
+    main(["query", str(run), "--point", "24", "18", "--box", "10", "8", "40", "30", "--views", "0"])
+    summary = json.loads((run / "queries" / "sam" / "sam.json").read_text())
+    assert summary["points"] == [[24, 18]] and len(summary["views"]) == 1
+    assert (run / "queries" / "sam" / "tabletop_000.png").is_file()
+    with pytest.raises(SystemExit, match="--text"):
+        main(["query", str(run)])

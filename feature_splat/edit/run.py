@@ -34,6 +34,56 @@ def _slug(text: str) -> str:
 
 
 @torch.no_grad()
+def sam_prompt_run(
+    run_dir: Path,
+    views: list[int],
+    points: list[tuple[int, int]],
+    point_labels: list[int],
+    box: tuple[float, float, float, float] | None,
+    out: Path | None = None,
+) -> dict[str, object]:
+    """SAM point / box prompts on the rendered SAM features of a SAM-distilled run: the best of
+    SAM's masks per view, as PNG overlays and ``sam.json``."""
+    from feature_splat.prompts.sam import sam_masks
+    from feature_splat.teachers import to_teacher_cells
+
+    config, dataset, teacher, field = _load_run(run_dir)
+    if config.teacher != "sam":
+        raise CheckpointError(f"{run_dir}: point and box prompts need a field distilled from SAM")
+    out = out or run_dir / "queries" / "sam"
+    prompt_points = torch.tensor(points, dtype=torch.float32) if points else None
+    prompt_labels = torch.tensor(point_labels or [1] * len(points)) if points else None
+    prompt_box = torch.tensor(box, dtype=torch.float32) if box is not None else None
+    rows = []
+    for view in views or dataset.test_indices:
+        render = field.render(dataset.cameras[view])
+        cells = teacher.geometry(dataset.height, dataset.width).valid_cells
+        pooled = to_teacher_cells(render.features[0].permute(2, 0, 1)[None], cells, None)[0]
+        embedding = field.decode(pooled.permute(1, 2, 0)).permute(2, 0, 1)
+        masks, scores, _ = sam_masks(
+            teacher,
+            embedding,
+            (dataset.height, dataset.width),
+            prompt_points,
+            prompt_labels,
+            prompt_box,
+        )
+        best = int(scores.argmax())
+        image = dataset.images[view]
+        overlay = torch.where(
+            masks[best][..., None], 0.5 * image + 0.5 * torch.tensor([0.2, 0.5, 1.0]), 0.6 * image
+        )
+        name = dataset.image_names[view]
+        write_png(out / f"{name}.png", torch.cat([image, overlay], dim=1))
+        rows.append(
+            {"view": name, "score": float(scores[best]), "mask_pixels": int(masks[best].sum())}
+        )
+    summary = {"points": points, "point_labels": point_labels, "box": box, "views": rows}
+    write_json(out / "sam.json", summary)
+    return summary
+
+
+@torch.no_grad()
 def query_run(
     run_dir: Path,
     text: str,
