@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import tyro
 from rich.console import Console
 
+from feature_splat.bench.prompts import PromptBenchConfig, run_prompt_bench
 from feature_splat.bench.raster import RasterBenchConfig, run_raster_bench
 from feature_splat.bench.speedup import SpeedupBenchConfig, run_speedup_bench
 from feature_splat.demo import DemoConfig
@@ -260,6 +261,11 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ),
     ("bench", "raster"): Command(
         RasterBenchConfig, run_raster_bench, "time every rasterizer backend (results.json + PNGs)"
+    ),
+    ("bench", "prompts"): Command(
+        PromptBenchConfig,
+        run_prompt_bench,
+        "text prompts, 3D selection, deletion vs a world's truth",
     ),
     ("bench", "speedup"): Command(
         SpeedupBenchConfig,

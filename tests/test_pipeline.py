@@ -100,6 +100,12 @@ def test_cli_train_eval_render_on_a_tiny_world(tmp_path, monkeypatch) -> None:
     assert summary["gaussians_after"] == summary["gaussians_before"] - summary["selected"]
     assert len(FeatureField.load(edited).gaussians) == summary["gaussians_after"]
     assert FeatureField.load(run).gaussians.means.shape == field.gaussians.means.shape  # input kept
+    report = main(["bench", "prompts", "--run", str(run), "--classes", "table"]) or json.loads(
+        (run / "bench_prompts.json").read_text()
+    )
+    (row,) = report["results"]
+    assert 0 <= row["text_iou_2d_cosine"] <= 1 and 0 <= row["precision"] <= 1
+    assert row["removed_pixels"] > 0
     with pytest.raises(Exception, match="new, empty folder"):
         main(["edit", str(run), "--text", "table", "--op", "extract", "-o", str(edited)])
 

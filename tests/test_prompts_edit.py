@@ -86,3 +86,12 @@ def test_edits_return_new_fields(field, camera) -> None:
     torch.testing.assert_close(after[RIGHT], before[RIGHT])
     with pytest.raises(InputShapeError, match="selection"):
         delete(field, torch.tensor([1, 0]))
+
+
+def test_selection_scores_on_known_labels() -> None:
+    from feature_splat.eval.prompts import selection_scores
+
+    labels = torch.tensor([3, 3, 3, 1, 1, -1])
+    chosen = torch.tensor([True, True, False, True, False, True])
+    scores = selection_scores(chosen, labels, 3)
+    assert scores == {"precision": 2 / 3, "recall": 2 / 3, "selected": 4}
