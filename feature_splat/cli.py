@@ -18,6 +18,7 @@ from rich.console import Console
 
 from feature_splat.bench.prompts import PromptBenchConfig, run_prompt_bench
 from feature_splat.bench.raster import RasterBenchConfig, run_raster_bench
+from feature_splat.bench.sam import SamBenchConfig, run_sam_bench
 from feature_splat.bench.speedup import SpeedupBenchConfig, run_speedup_bench
 from feature_splat.demo import DemoConfig
 from feature_splat.training.config import TrainConfig
@@ -266,6 +267,9 @@ COMMANDS: dict[tuple[str, ...], Command] = {
         PromptBenchConfig,
         run_prompt_bench,
         "text prompts, 3D selection, deletion vs a world's truth",
+    ),
+    ("bench", "sam"): Command(
+        SamBenchConfig, run_sam_bench, "SAM from any view: masks and latency vs the image encoder"
     ),
     ("bench", "speedup"): Command(
         SpeedupBenchConfig,

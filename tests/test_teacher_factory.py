@@ -83,3 +83,15 @@ def test_sam_distilled_run_answers_point_and_box_prompts(tmp_path, monkeypatch) 
     assert (run / "queries" / "sam" / "tabletop_000.png").is_file()
     with pytest.raises(SystemExit, match="--text"):
         main(["query", str(run)])
+
+
+def test_bench_sam_runs_end_to_end(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("segment_anything")
+    from feature_splat.bench.sam import SamBenchConfig, run_sam_bench
+
+    monkeypatch.setenv("FEATURE_SPLAT_CACHE", str(tmp_path))
+    report = run_sam_bench(SamBenchConfig(width=64, height=48, iterations=20, out=tmp_path / "sam",
+                                          time_vit_b=False))  # fmt: skip
+    assert 0 <= report["mask_iou_point_mean"] <= 1 and 0 <= report["mask_iou_box_mean"] <= 1
+    assert len(report["mask_ious"]["box"]) == 3 * 6  # three masks for each of six held-out views
+    assert (tmp_path / "sam" / "results.json").is_file()
