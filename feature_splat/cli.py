@@ -75,9 +75,17 @@ class EditConfig:
     """Delete, extract or recolour what a text prompt selects; writes a new field to OUT."""
 
     run: tyro.conf.Positional[Path]
-    text: str
     op: Literal["delete", "extract", "recolour"]
     out: Annotated[Path, tyro.conf.arg(aliases=["-o"])]
+    text: str | None = None
+    """Select by a text prompt (per-Gaussian score above --threshold)."""
+    point: tuple[int, ...] = ()
+    """Or select by SAM point prompt(s), x y pairs on dataset view --view (SAM-distilled runs)."""
+    point_labels: tuple[int, ...] = ()
+    box: tuple[float, float, float, float] | None = None
+    """Or a SAM box prompt x0 y0 x1 y1 on --view."""
+    view: int = 0
+    """Dataset view the SAM prompt is given on; its mask is lifted to 3D."""
     threshold: float = 0.5
     mode: Literal["relevancy", "cosine"] = "cosine"
     """Score thresholded per Gaussian: raw cosine of its decoded feature with the text (Feature
@@ -153,18 +161,9 @@ def _render(config: RenderConfig) -> None:
 def _query(config: QueryConfig) -> None:
     from feature_splat.edit.run import query_run, sam_prompt_run
 
-    if config.point or config.box is not None:
-        if len(config.point) % 2:
-            raise SystemExit("--point: expected x y pairs")
-        points = list(zip(config.point[::2], config.point[1::2], strict=True))
-        summary = sam_prompt_run(
-            config.run,
-            list(config.views),
-            points,
-            list(config.point_labels),
-            config.box,
-            config.out,
-        )
+    prompt = _sam_prompt(config.point, config.point_labels, config.box)
+    if prompt is not None:
+        summary = sam_prompt_run(config.run, list(config.views), prompt, config.out)
         Console().print(
             f"SAM masks for {len(summary['views'])} views in {config.out or config.run / 'queries' / 'sam'}"
         )
@@ -185,14 +184,30 @@ def _query(config: QueryConfig) -> None:
     )
 
 
+def _sam_prompt(point: tuple[int, ...], labels: tuple[int, ...], box):
+    """A SamPrompt from the command line's flat x y list, or None when there is no SAM prompt."""
+    from feature_splat.edit.run import SamPrompt
+
+    if not point and box is None:
+        return None
+    if len(point) % 2:
+        raise SystemExit("--point: expected x y pairs")
+    points = list(zip(point[::2], point[1::2], strict=True))
+    return SamPrompt(points=points, point_labels=list(labels), box=box)
+
+
 def _edit(config: EditConfig) -> None:
     from feature_splat.edit.run import edit_run
 
+    prompt = _sam_prompt(config.point, config.point_labels, config.box)
+    if config.text is None and prompt is None:
+        raise SystemExit("edit: give --text, or --point / --box (SAM-distilled runs)")
     summary = edit_run(
-        config.run, config.text, config.op, config.out, config.threshold, config.mode, config.color
-    )
+        config.run, config.op, config.out, text=config.text, sam_prompt=prompt, sam_view=config.view,
+        threshold=config.threshold, mode=config.mode, rgb=config.color,
+    )  # fmt: skip
     Console().print(
-        f"{config.op} '{config.text}': {summary['selected']:,} Gaussians selected; "
+        f"{config.op} ({config.text or 'SAM prompt'}): {summary['selected']:,} Gaussians selected; "
         f"{summary['gaussians_after']:,} remain in {config.out}"
     )
 

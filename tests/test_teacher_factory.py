@@ -83,15 +83,37 @@ def test_sam_distilled_run_answers_point_and_box_prompts(tmp_path, monkeypatch) 
     assert (run / "queries" / "sam" / "tabletop_000.png").is_file()
     with pytest.raises(SystemExit, match="--text"):
         main(["query", str(run)])
+    edited = tmp_path / "cut"
+    main(
+        [
+            "edit",
+            str(run),
+            "--op",
+            "extract",
+            "--point",
+            "24",
+            "18",
+            "--view",
+            "0",
+            "-o",
+            str(edited),
+        ]
+    )
+    summary = json.loads((edited / "edit.json").read_text())
+    assert summary["sam_prompt"]["points"] == [[24, 18]] and summary["sam_prompt"]["view"] == 0
+    assert summary["gaussians_after"] == summary["selected"]
 
 
-def test_bench_sam_runs_end_to_end(tmp_path, monkeypatch) -> None:
+def test_sam_from_any_view_meets_bars(tmp_path, monkeypatch) -> None:
+    """Masks from a field distilled from a (random, tiny) SAM agree with SAM on the images.
+
+    Measured when written (64x48, 150 steps): IoU 0.80 (point) and 0.73 (box)."""
     pytest.importorskip("segment_anything")
     from feature_splat.bench.sam import SamBenchConfig, run_sam_bench
 
     monkeypatch.setenv("FEATURE_SPLAT_CACHE", str(tmp_path))
-    report = run_sam_bench(SamBenchConfig(width=64, height=48, iterations=20, out=tmp_path / "sam",
+    report = run_sam_bench(SamBenchConfig(width=64, height=48, iterations=150, out=tmp_path / "sam",
                                           time_vit_b=False))  # fmt: skip
-    assert 0 <= report["mask_iou_point_mean"] <= 1 and 0 <= report["mask_iou_box_mean"] <= 1
+    assert report["mask_iou_point_mean"] > 0.65 and report["mask_iou_box_mean"] > 0.6
     assert len(report["mask_ious"]["box"]) == 3 * 6  # three masks for each of six held-out views
     assert (tmp_path / "sam" / "results.json").is_file()

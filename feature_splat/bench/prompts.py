@@ -31,7 +31,13 @@ def run_prompt_bench(
     """Measure every class; prints a table and writes ``RUN/bench_prompts.json``."""
     from feature_splat.data.synthetic import build_world
     from feature_splat.edit.run import _load_run
-    from feature_splat.eval.prompts import deletion_psnr, selection_scores, surface_labels, text_iou
+    from feature_splat.eval.prompts import (
+        deletion_psnr,
+        extraction_psnr,
+        selection_scores,
+        surface_labels,
+        text_iou,
+    )
     from feature_splat.prompts import gaussian_scores
 
     console = console or Console()
@@ -41,10 +47,14 @@ def run_prompt_bench(
     rows = []
     for name in config.classes:
         class_id = dataset.class_names.index(name)
-        without = world.without([name]).render(dataset.cameras[torch.tensor(dataset.test_indices)])[
-            "rgb"
-        ]
+        test_cameras = dataset.cameras[torch.tensor(dataset.test_indices)]
+        without = world.without([name]).render(test_cameras)["rgb"]
         truth = {view: without[i] for i, view in enumerate(dataset.test_indices)}
+        alone = world.only([name]).render(test_cameras)
+        truth_alone = {
+            view: (alone["rgb"][i], alone["labels"][i])
+            for i, view in enumerate(dataset.test_indices)
+        }
         selection = gaussian_scores(field, teacher, name, mode="cosine") > config.threshold
         rows.append(
             {
@@ -55,6 +65,9 @@ def run_prompt_bench(
                 ),
                 **selection_scores(selection, labels, class_id),
                 **deletion_psnr(field, dataset, teacher, name, truth, config.threshold),
+                "extract_psnr_inside_class": extraction_psnr(
+                    field, dataset, teacher, name, truth_alone, config.threshold
+                ),
             }
         )
     report = {
@@ -71,7 +84,7 @@ def run_prompt_bench(
         title=f"prompts and deletion vs the world's truth ({config.run}, synthetic teacher)"
     )
     columns = ["class", "2D IoU relevancy", "2D IoU cosine", "3D precision", "3D recall"]
-    for column in [*columns, "selected", "PSNR in", "PSNR out"]:
+    for column in [*columns, "selected", "PSNR in", "PSNR out", "extract PSNR"]:
         table.add_column(column, justify="right")
     for r in rows:
         scores = [r["text_iou_2d"], r["text_iou_2d_cosine"], r["precision"], r["recall"]]
@@ -81,6 +94,7 @@ def run_prompt_bench(
             f"{r['selected']:,}",
             f"{r['psnr_inside_removed_region']:.2f}",
             f"{r['psnr_outside']:.2f}",
+            f"{r['extract_psnr_inside_class']:.2f}",
         )
     console.print(table)
     return report

@@ -6,7 +6,8 @@
   threshold) against the class of the surface each Gaussian sits on (its centre projected into the
   training views where it lies on the true depth, majority label);
 - edits: PSNR of the field with a class deleted against the world re-rendered without that class,
-  inside the removed region and outside it, on held-out views.
+  inside the removed region and outside it; and of the class extracted against the world
+  re-rendered with that class alone, inside the class's region; on held-out views.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 from feature_splat.data import Dataset
-from feature_splat.edit import delete
+from feature_splat.edit import delete, extract
 from feature_splat.eval.metrics import psnr
 from feature_splat.field import FeatureField
 from feature_splat.prompts import gaussian_scores, relevancy, text_similarity
@@ -105,3 +106,25 @@ def deletion_psnr(
         "psnr_outside": psnr(torch.cat(outside), torch.cat(truth_out)),
         "removed_pixels": sum(len(x) for x in inside),
     }
+
+
+@torch.no_grad()
+def extraction_psnr(
+    field: FeatureField,
+    dataset: Dataset,
+    teacher: Teacher,
+    class_name: str,
+    truth_only: dict[int, tuple[Tensor, Tensor]],
+    threshold: float = 0.5,
+) -> float:
+    """PSNR of the class extracted (cosine > threshold) against the world re-rendered with the class
+    alone (``truth_only``: view -> (RGB [H, W, 3], labels [H, W])), inside the class's pixels."""
+    class_id = dataset.class_names.index(class_name)
+    alone = extract(field, gaussian_scores(field, teacher, class_name, mode="cosine") > threshold)
+    rendered, truth = [], []
+    for view in dataset.test_indices:
+        rgb, labels = truth_only[view]
+        region = labels == class_id
+        rendered.append(alone.render(dataset.cameras[view]).rgb[0].clamp(0, 1)[region])
+        truth.append(rgb[region])
+    return psnr(torch.cat(rendered), torch.cat(truth))

@@ -26,14 +26,15 @@ def mask_weights(field: FeatureField, cameras: Cameras, masks: Tensor) -> tuple[
             f"masks: expected [{len(cameras)}, {cameras.height}, {cameras.width}], got {list(masks.shape)}"
         )
     g = field.gaussians.detach()
-    ones = torch.ones(len(g), 2, requires_grad=True)
-    out = rasterize(
-        g.means, g.quats, g.scales, g.opacities, ones, cameras.viewmats.to(g.means),
-        cameras.Ks.to(g.means), cameras.width, cameras.height,
-    )  # fmt: skip
-    inside = masks.to(out.features.dtype)
-    loss = (out.features[..., 0] * inside).sum() + (out.features[..., 1] * (1 - inside)).sum()
-    (grad,) = torch.autograd.grad(loss, ones)
+    with torch.enable_grad():  # the weights are a gradient, also when called under no_grad
+        ones = torch.ones(len(g), 2, requires_grad=True)
+        out = rasterize(
+            g.means, g.quats, g.scales, g.opacities, ones, cameras.viewmats.to(g.means),
+            cameras.Ks.to(g.means), cameras.width, cameras.height,
+        )  # fmt: skip
+        inside = masks.to(out.features.dtype)
+        loss = (out.features[..., 0] * inside).sum() + (out.features[..., 1] * (1 - inside)).sum()
+        (grad,) = torch.autograd.grad(loss, ones)
     return grad[:, 0], grad[:, 1]
 
 
