@@ -79,24 +79,15 @@ def rasterize(
         A :class:`RenderOutput`. Conventions follow ``gsplat.rasterization`` (EWA projection, alpha
         clamped to 0.999, alpha < 1/255 skipped, stop at transmittance <= 1e-4).
     """
-    features, backgrounds = _check_inputs(
-        means,
-        quats,
-        scales,
-        opacities,
-        features,
-        viewmats,
-        Ks,
-        width,
-        height,
-        near_plane,
-        far_plane,
-        eps2d,
-        tile_size,
-        backgrounds,
+    n = _check_gaussians(means, quats, scales, opacities)
+    n_cameras = _check_camera_args(
+        viewmats, Ks, width, height, near_plane, far_plane, eps2d, tile_size
     )
+    features, backgrounds = _check_features(features, backgrounds, n, n_cameras)
+    devices = {t.device for t in (means, quats, scales, opacities, features, viewmats, Ks)}
+    if len(devices) > 1:
+        raise InputShapeError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
     backend = _choose_backend(backend, means)
-    n_cameras = viewmats.shape[0]
     if backend == "gsplat":
         feats, raw_depth, alpha, meta = rasterize_gsplat(
             means,
@@ -181,33 +172,66 @@ def _check_finite(name: str, value: Tensor) -> None:
         raise NonFiniteError(f"{name}: non-finite value (NaN or inf) at index {first}")
 
 
-def _check_inputs(
-    means,
-    quats,
-    scales,
-    opacities,
-    features,
-    viewmats,
-    Ks,
-    width,
-    height,
-    near_plane,
-    far_plane,
-    eps2d,
-    tile_size,
-    backgrounds,
-) -> tuple[Tensor, Tensor]:
-    """Validate every argument; returns features as [1 or C, N, D] and backgrounds as [C, D]."""
+def _check_gaussians(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor) -> int:
+    """Shapes, finiteness and value ranges of the Gaussians; returns N."""
     _check_shape("means", means, (None, 3), "[N, 3]")
     n = means.shape[0]
     _check_shape("quats", quats, (n, 4), f"[{n}, 4] (N from means)")
     _check_shape("scales", scales, (n, 3), f"[{n}, 3]")
     _check_shape("opacities", opacities, (n,), f"[{n}]")
+    for name, value in (
+        ("means", means),
+        ("quats", quats),
+        ("scales", scales),
+        ("opacities", opacities),
+    ):
+        _check_finite(name, value)
+    if bool((scales.detach() < 0).any()):
+        raise InputShapeError(
+            "scales: expected non-negative (activated) scales; pass exp(log_scales)"
+        )
+    if bool(((opacities.detach() < 0) | (opacities.detach() > 1)).any()):
+        raise InputShapeError("opacities: expected values in [0, 1]; pass sigmoid(logits)")
+    if bool((quats.detach().norm(dim=-1) < 1e-12).any()):
+        raise InputShapeError("quats: a quaternion has zero norm")
+    return n
+
+
+def _check_camera_args(
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    near_plane: float,
+    far_plane: float,
+    eps2d: float,
+    tile_size: int,
+) -> int:
+    """Camera matrices, image size and projection options; returns C."""
     _check_shape("viewmats", viewmats, (None, 4, 4), "[C, 4, 4]")
     n_cameras = viewmats.shape[0]
     if n_cameras == 0:
         raise InputShapeError("viewmats: expected at least one camera, got C = 0")
     _check_shape("Ks", Ks, (n_cameras, 3, 3), f"[{n_cameras}, 3, 3] (C from viewmats)")
+    for name, value in (("width", width), ("height", height), ("tile_size", tile_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise InputShapeError(f"{name}: expected a positive int, got {value!r}")
+    if not 0 < near_plane < far_plane:
+        raise CameraError(
+            f"near_plane/far_plane: expected 0 < near < far, got {near_plane}, {far_plane}"
+        )
+    if eps2d < 0:
+        raise InputShapeError(f"eps2d: expected >= 0, got {eps2d}")
+    _check_finite("viewmats", viewmats)
+    _check_finite("Ks", Ks)
+    _check_cameras(viewmats.detach(), Ks.detach())
+    return n_cameras
+
+
+def _check_features(
+    features: Tensor, backgrounds: Tensor | None, n: int, n_cameras: int
+) -> tuple[Tensor, Tensor]:
+    """Features as [1 or C, N, D] (D >= 1, finite) and backgrounds as [C, D] (default 0)."""
     if not isinstance(features, Tensor) or features.ndim not in (2, 3):
         shape = list(features.shape) if isinstance(features, Tensor) else type(features).__name__
         raise InputShapeError(f"features: expected [N, D] or [C, N, D], got {shape}")
@@ -221,52 +245,18 @@ def _check_inputs(
     dim = features.shape[-1]
     if dim < 1:
         raise InputShapeError("features: expected at least one channel (D >= 1), got D = 0")
-    for name, value in (("width", width), ("height", height), ("tile_size", tile_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise InputShapeError(f"{name}: expected a positive int, got {value!r}")
-    if not 0 < near_plane < far_plane:
-        raise CameraError(
-            f"near_plane/far_plane: expected 0 < near < far, got {near_plane}, {far_plane}"
-        )
-    if eps2d < 0:
-        raise InputShapeError(f"eps2d: expected >= 0, got {eps2d}")
-
-    devices = {t.device for t in (means, quats, scales, opacities, features, viewmats, Ks)}
-    if len(devices) > 1:
-        raise InputShapeError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
-    for name, value in (
-        ("means", means),
-        ("quats", quats),
-        ("scales", scales),
-        ("opacities", opacities),
-        ("features", features),
-        ("viewmats", viewmats),
-        ("Ks", Ks),
-    ):
-        _check_finite(name, value)
-    if bool((scales.detach() < 0).any()):
-        raise InputShapeError(
-            "scales: expected non-negative (activated) scales; pass exp(log_scales)"
-        )
-    if bool(((opacities.detach() < 0) | (opacities.detach() > 1)).any()):
-        raise InputShapeError("opacities: expected values in [0, 1]; pass sigmoid(logits)")
-    if bool((quats.detach().norm(dim=-1) < 1e-12).any()):
-        raise InputShapeError("quats: a quaternion has zero norm")
-    _check_cameras(viewmats.detach(), Ks.detach())
-
+    _check_finite("features", features)
     if backgrounds is None:
-        backgrounds = torch.zeros(n_cameras, dim, dtype=features.dtype, device=features.device)
-    else:
-        if backgrounds.ndim == 1:
-            backgrounds = backgrounds.expand(n_cameras, -1)
-        _check_shape(
-            "backgrounds", backgrounds, (n_cameras, dim), f"[{n_cameras}, {dim}] or [{dim}]"
-        )
-        _check_finite("backgrounds", backgrounds)
+        return features, torch.zeros(n_cameras, dim, dtype=features.dtype, device=features.device)
+    if backgrounds.ndim == 1:
+        backgrounds = backgrounds.expand(n_cameras, -1)
+    _check_shape("backgrounds", backgrounds, (n_cameras, dim), f"[{n_cameras}, {dim}] or [{dim}]")
+    _check_finite("backgrounds", backgrounds)
     return features, backgrounds
 
 
 def _check_cameras(viewmats: Tensor, Ks: Tensor) -> None:
+    """View matrices are rigid (OpenCV world -> camera); intrinsics are pinhole with zero skew."""
     bottom = viewmats[:, 3]
     expected = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=viewmats.dtype, device=viewmats.device)
     bad = (bottom - expected).abs().amax(dim=-1) > 1e-6
