@@ -71,6 +71,15 @@ class Cameras:
         rot = self.viewmats[:, :3, :3]
         return -(rot.transpose(1, 2) @ self.viewmats[:, :3, 3:4])[..., 0]
 
+    def project(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """Pixel positions [C, N, 2] (``K @ X / z``: pixel centres at +0.5) and camera depths
+        [C, N] of world points [N, 3], in the points' dtype."""
+        viewmats, Ks = self.viewmats.to(points), self.Ks.to(points)
+        camera = points @ viewmats[:, :3, :3].transpose(1, 2) + viewmats[:, None, :3, 3]
+        z = camera[..., 2]
+        pixels = camera @ Ks.transpose(1, 2)
+        return pixels[..., :2] / z[..., None], z
+
     def camtoworlds_opengl(self) -> Tensor:
         """Camera -> world transforms [C, 4, 4] in OpenGL / nerfstudio axes."""
         flip = _OPENGL_TO_OPENCV.to(self.viewmats)

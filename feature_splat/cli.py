@@ -21,6 +21,15 @@ from feature_splat.bench.raster import RasterBenchConfig, run_raster_bench
 from feature_splat.bench.sam import SamBenchConfig, run_sam_bench
 from feature_splat.bench.speedup import SpeedupBenchConfig, run_speedup_bench
 from feature_splat.demo import DemoConfig
+from feature_splat.generalizable.commands import (
+    FitFieldsConfig,
+    GenEvalConfig,
+    GenPredictConfig,
+    run_eval,
+    run_fit_fields,
+    run_predict,
+)
+from feature_splat.generalizable.training import GenTrainConfig, run_training
 from feature_splat.training.config import TrainConfig
 
 
@@ -274,6 +283,20 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ),
     ("worlds", "export"): Command(
         WorldsExportConfig, _worlds_export, "export a built-in world in nerfstudio format"
+    ),
+    ("gen", "train"): Command(
+        GenTrainConfig, run_training, "train the feed-forward feature-Gaussian predictor (objects)"
+    ),
+    ("gen", "eval"): Command(
+        GenEvalConfig, run_eval, "keypoint transfer and part co-segmentation vs baselines"
+    ),
+    ("gen", "predict"): Command(
+        GenPredictConfig, run_predict, "predict a feature field from posed image(s), render it"
+    ),
+    ("gen", "fit-fields"): Command(
+        FitFieldsConfig,
+        run_fit_fields,
+        "per-scene fields of the training objects (offline targets)",
     ),
     ("bench", "raster"): Command(
         RasterBenchConfig, run_raster_bench, "time every rasterizer backend (results.json + PNGs)"

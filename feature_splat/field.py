@@ -11,8 +11,8 @@ from torch import Tensor
 
 from feature_splat.cameras import Cameras
 from feature_splat.decoders import SpeedUpDecoder
-from feature_splat.errors import CheckpointError
-from feature_splat.gaussians import GaussianField
+from feature_splat.errors import CheckpointError, InputShapeError
+from feature_splat.gaussians import GaussianField, quat_to_rotmat
 from feature_splat.io import atomic_write_bytes, read_ply, write_ply
 from feature_splat.rasterizer import rasterize
 from feature_splat.rasterizer.api import Backend
@@ -57,6 +57,32 @@ class FeatureField:
         return FieldRender(
             out.features[..., :3], out.features[..., 3:], out.depth, out.alpha, out.meta
         )
+
+    def features_at(self, points: Tensor, neighbours: int = 16, chunk: int = 2048) -> Tensor:
+        """Features [Q, F] at arbitrary 3D points [Q, 3], interpolated from nearby Gaussians.
+
+        Each point takes a softmax-weighted mean of the features of its ``neighbours`` nearest
+        Gaussian centres, with weights ``opacity * exp(-d^2 / 2)`` (``d``: Mahalanobis distance
+        under the Gaussian's covariance). The softmax normalises the weights, so a point far from
+        every Gaussian still takes its most likely neighbour's feature instead of nothing.
+        """
+        g = self.gaussians
+        if points.ndim != 2 or points.shape[1] != 3:
+            raise InputShapeError(f"features_at: points must be [Q, 3], got {list(points.shape)}")
+        k = min(neighbours, len(g))
+        rotations = quat_to_rotmat(g.quats)  # local -> world
+        inverse_scales = 1.0 / g.scales
+        log_opacity = torch.log(g.opacities.clamp_min(1e-8))
+        out = []
+        for start in range(0, points.shape[0], chunk):
+            query = points[start : start + chunk].to(g.means)
+            nearest = torch.cdist(query, g.means).topk(k, dim=1, largest=False).indices  # [q, k]
+            delta = query[:, None, :] - g.means[nearest]
+            local = torch.einsum("qkji,qkj->qki", rotations[nearest], delta)
+            mahalanobis = (local * inverse_scales[nearest]).square().sum(-1)
+            weights = torch.softmax(log_opacity[nearest] - 0.5 * mahalanobis, dim=1)
+            out.append((weights[..., None] * g.features[nearest]).sum(1))
+        return torch.cat(out) if out else g.features.new_zeros(0, g.feature_dim)
 
     def decode(self, features: Tensor) -> Tensor:
         """Teacher-width features [..., M] from rendered or per-Gaussian features [..., F]."""

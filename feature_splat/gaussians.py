@@ -141,6 +141,62 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     ).reshape(*quats.shape[:-1], 3, 3)
 
 
+def rotmat_to_quat(rotations: Tensor) -> Tensor:
+    """Unit (w, x, y, z) quaternions [..., 4] with w >= 0 from rotation matrices [..., 3, 3]."""
+    m = rotations
+    # Shepperd's method: the largest of the four squared components gives a well-conditioned divisor.
+    trace = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
+    squares = torch.stack(
+        [
+            1 + trace,
+            1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
+            1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2],
+            1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2],
+        ],
+        dim=-1,
+    )
+    largest = squares.argmax(dim=-1, keepdim=True)
+    quarter = 0.5 * torch.sqrt(squares.gather(-1, largest).clamp_min(1e-12))  # |component|
+    d21, d02, d10 = (
+        m[..., 2, 1] - m[..., 1, 2],
+        m[..., 0, 2] - m[..., 2, 0],
+        m[..., 1, 0] - m[..., 0, 1],
+    )
+    s21, s02, s10 = (
+        m[..., 2, 1] + m[..., 1, 2],
+        m[..., 0, 2] + m[..., 2, 0],
+        m[..., 1, 0] + m[..., 0, 1],
+    )
+    q = quarter[..., 0]
+    candidates = torch.stack(
+        [
+            torch.stack([q, d21 / (4 * q), d02 / (4 * q), d10 / (4 * q)], dim=-1),
+            torch.stack([d21 / (4 * q), q, s10 / (4 * q), s02 / (4 * q)], dim=-1),
+            torch.stack([d02 / (4 * q), s10 / (4 * q), q, s21 / (4 * q)], dim=-1),
+            torch.stack([d10 / (4 * q), s02 / (4 * q), s21 / (4 * q), q], dim=-1),
+        ],
+        dim=-2,
+    )
+    quats = candidates.gather(-2, largest[..., None].expand(*largest.shape[:-1], 1, 4))[..., 0, :]
+    quats = torch.nn.functional.normalize(quats, dim=-1)
+    return torch.where(quats[..., :1] < 0, -quats, quats)
+
+
+def quat_multiply(first: Tensor, second: Tensor) -> Tensor:
+    """The Hamilton product ``first * second`` of (w, x, y, z) quaternions (``second`` applied first)."""
+    w1, x1, y1, z1 = first.unbind(-1)
+    w2, x2, y2, z2 = second.unbind(-1)
+    return torch.stack(
+        [
+            w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2,
+            w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+            w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2,
+            w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2,
+        ],
+        dim=-1,
+    )
+
+
 @dataclass
 class GaussianField:
     """N Gaussians: raw parameters (see the module docstring) and their activations."""

@@ -61,3 +61,21 @@ def heat_rgb(values: Tensor, lo: float | None = None, hi: float | None = None) -
     t = ((values - lo) / max(hi - lo, 1e-8)).clamp(0, 1)[..., None]
     cold, mid, hot = (torch.tensor(c) for c in ([0.1, 0.2, 0.8], [1.0, 0.9, 0.2], [0.85, 0.1, 0.1]))
     return torch.where(t < 0.5, cold + (mid - cold) * 2 * t, mid + (hot - mid) * (2 * t - 1))
+
+
+def draw_points(
+    image: Tensor, points: Tensor, color: tuple[float, float, float], radius: int = 1
+) -> Tensor:
+    """A copy of ``image`` [H, W, 3] with a ``(2 radius + 1)``-pixel plus at each (x, y) of ``points`` [Q, 2]."""
+    out = image.clone()
+    h, w = image.shape[:2]
+    paint = torch.tensor(color, dtype=image.dtype)
+    for x, y in points.floor().long().tolist():
+        for dx, dy in (
+            [(0, 0)]
+            + [(s * r, 0) for r in range(1, radius + 1) for s in (-1, 1)]
+            + [(0, s * r) for r in range(1, radius + 1) for s in (-1, 1)]
+        ):
+            if 0 <= x + dx < w and 0 <= y + dy < h:
+                out[y + dy, x + dx] = paint
+    return out

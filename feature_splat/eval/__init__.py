@@ -1,6 +1,26 @@
 """Metrics, defined once and reused by training, evaluation and benchmarks."""
 
+from feature_splat.eval.correspondence import (
+    PCK_2D_REFERENCE_SIZE,
+    PCK_2D_THRESHOLDS_PX,
+    PCK_3D_THRESHOLDS,
+    PartIoU,
+    accumulate_confusion,
+    cosine_nearest,
+    part_iou_from_confusion,
+    part_miou,
+    pck,
+    pck_2d,
+    pck_3d,
+    sample_map,
+    sample_nearest_in_mask,
+    transfer_keypoints_2d,
+    transfer_keypoints_3d,
+    transfer_labels,
+)
 from feature_splat.eval.metrics import (
+    class_iou,
+    confusion_matrix,
     feature_cosine,
     psnr,
     segment_by_text,
@@ -8,4 +28,28 @@ from feature_splat.eval.metrics import (
     ssim,
 )
 
-__all__ = ["feature_cosine", "psnr", "segment_by_text", "segmentation_scores", "ssim"]
+__all__ = [
+    "PCK_2D_REFERENCE_SIZE",
+    "PCK_2D_THRESHOLDS_PX",
+    "PCK_3D_THRESHOLDS",
+    "PartIoU",
+    "accumulate_confusion",
+    "class_iou",
+    "confusion_matrix",
+    "cosine_nearest",
+    "feature_cosine",
+    "part_iou_from_confusion",
+    "part_miou",
+    "pck",
+    "pck_2d",
+    "pck_3d",
+    "psnr",
+    "sample_map",
+    "sample_nearest_in_mask",
+    "segment_by_text",
+    "segmentation_scores",
+    "ssim",
+    "transfer_keypoints_2d",
+    "transfer_keypoints_3d",
+    "transfer_labels",
+]

@@ -34,21 +34,32 @@ def segment_by_text(features: Tensor, text_embeddings: Tensor) -> Tensor:
     return (feats @ texts.T).argmax(dim=-1)
 
 
+def confusion_matrix(pred: Tensor, target: Tensor, n_classes: int) -> Tensor:
+    """Counts [n_classes, n_classes] (int64; rows truth, columns prediction) of integer label maps."""
+    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+    counts = torch.bincount(target * n_classes + pred, minlength=n_classes * n_classes)
+    return counts.reshape(n_classes, n_classes)
+
+
+def class_iou(confusion: Tensor) -> Tensor:
+    """IoU per class [C] (float64) from a confusion matrix [C, C]; 0 for a class seen nowhere."""
+    confusion = confusion.double()
+    hits = confusion.diag()
+    union = confusion.sum(0) + confusion.sum(1) - hits
+    return torch.where(union > 0, hits / union.clamp_min(1), torch.zeros_like(hits))
+
+
 def segmentation_scores(pred: Tensor, target: Tensor, n_classes: int) -> dict[str, object]:
     """Pixel accuracy, mean IoU and per-class IoU of integer label maps.
 
     The mean runs over the classes present in ``target`` (a class absent from the ground truth
     has no defined IoU); predictions of absent classes still lower the IoU of the class they hide.
     """
-    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
-    confusion = torch.bincount(target * n_classes + pred, minlength=n_classes * n_classes)
-    confusion = confusion.reshape(n_classes, n_classes).double()
-    hits = confusion.diag()
-    union = confusion.sum(0) + confusion.sum(1) - hits
+    confusion = confusion_matrix(pred, target, n_classes).double()
     present = confusion.sum(1) > 0
-    iou = torch.where(union > 0, hits / union.clamp_min(1), torch.zeros_like(hits))
+    iou = class_iou(confusion)
     return {
-        "accuracy": float(hits.sum() / confusion.sum().clamp_min(1)),
+        "accuracy": float(confusion.diag().sum() / confusion.sum().clamp_min(1)),
         "miou": float(iou[present].mean()) if bool(present.any()) else math.nan,
         "per_class_iou": {int(k): float(iou[k]) for k in torch.nonzero(present)[:, 0]},
     }

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -41,6 +42,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as indented JSON, atomically."""
     return atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write named arrays as a compressed ``.npz``, atomically."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_png(path: str | Path, image: Tensor) -> Path:

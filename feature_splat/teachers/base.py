@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -67,3 +68,10 @@ def to_teacher_cells(maps: Tensor, cells: tuple[int, int], stride: int | None) -
     if stride is not None and (-(-h // stride), -(-w // stride)) == tuple(cells):
         return pool_to_cells(maps, stride)
     return torch.nn.functional.adaptive_avg_pool2d(maps, cells)
+
+
+def seeded_randn(seed_text: str, *shape: int) -> Tensor:
+    """Standard normal values (float64) of ``shape`` seeded by a hash of ``seed_text``: the same on
+    every run and machine (the oracle teachers' embeddings and noise)."""
+    seed = int.from_bytes(hashlib.sha256(seed_text.encode()).digest()[:8], "little")
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

@@ -32,20 +32,14 @@ from feature_splat.data.dataset import Dataset
 from feature_splat.data.synthetic.classes import resolve_class
 from feature_splat.data.synthetic.raycast import single_threaded
 from feature_splat.errors import DatasetError, InputShapeError
+from feature_splat.teachers.base import seeded_randn
 
 _VERSION = 1  # bump when the features change for the same options
 
 
-def _generator(seed_text: str) -> torch.Generator:
-    """A CPU random generator seeded by a hash of ``seed_text`` (stable across runs and machines)."""
-    seed = int.from_bytes(hashlib.sha256(seed_text.encode()).digest()[:8], "little")
-    return torch.Generator().manual_seed(seed)
-
-
 def _unit_vector(seed_text: str, dim: int) -> Tensor:
     """A deterministic pseudo-random unit vector [dim] (float64) seeded by ``seed_text``."""
-    generator = _generator(seed_text)
-    vector = torch.randn(dim, generator=generator, dtype=torch.float64)
+    vector = seeded_randn(seed_text, dim)
     return vector / vector.norm()
 
 
@@ -232,8 +226,7 @@ class SyntheticTeacher:
         features = (vectors.T @ fractions).view(1, self.dim, h, w)
         if self.blur > 0:
             features = _gaussian_blur(features, self.blur)
-        generator = _generator(f"noise:{self.seed}:{key}")
-        noise = torch.randn(features.shape, generator=generator, dtype=torch.float64)
+        noise = seeded_randn(f"noise:{self.seed}:{key}", *features.shape)
         features = features + noise * (self.noise / math.sqrt(self.dim))
         return F.normalize(features[0], dim=0).float()
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from gsplat.strategy import DefaultStrategy
 from pytorch_msssim import ssim
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
 from feature_splat.data import Dataset
@@ -27,6 +26,7 @@ from feature_splat.gaussians import GaussianField, num_sh_bases, rgb_to_sh0
 from feature_splat.io import atomic_write_bytes
 from feature_splat.teachers import to_teacher_cells
 from feature_splat.training.config import TrainConfig
+from feature_splat.training.loop import run_steps
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -216,30 +216,17 @@ class Trainer:
         """Run to step ``until`` (default ``config.iterations``), checkpointing every
         ``checkpoint_every`` steps and on Ctrl-C."""
         config = self.config
-        last = config.iterations if until is None else min(until, config.iterations)
-        columns = [
-            TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        ]  # fmt: skip
-        with Progress(*columns, disable=not show_progress, transient=False) as bar:
-            task = bar.add_task("train", total=config.iterations, completed=self.step, status="")
-            try:
-                while self.step < last:
-                    stats = self.train_step()
-                    if self.step % 10 == 0 or self.step == config.iterations:
-                        bar.update(
-                            task, completed=self.step,
-                            status=f"loss {stats['loss']:.4f}  PSNR {stats['psnr']:.2f}  "
-                            f"N {stats['gaussians']:,}",
-                        )  # fmt: skip
-                    if self.step % config.checkpoint_every == 0 and self.step < config.iterations:
-                        self.save_checkpoint()
-            except KeyboardInterrupt:
-                self.save_checkpoint()
-                bar.console.print(
-                    f"interrupted at step {self.step}: checkpoint saved, resume with --resume"
-                )
-                raise
+        run_steps(
+            self,
+            last=config.iterations if until is None else min(until, config.iterations),
+            total=config.iterations,
+            checkpoint_every=config.checkpoint_every,
+            label="train",
+            status=lambda stats: (
+                f"loss {stats['loss']:.4f}  PSNR {stats['psnr']:.2f}  N {stats['gaussians']:,}"
+            ),
+            show_progress=show_progress,
+        )
 
     # -- checkpoints ----------------------------------------------------------------------------
     @property

@@ -11,23 +11,52 @@ textures, with exact per-pixel class labels, instance ids and depths.
 - :data:`CLASS_NAMES` is the label vocabulary (label ``k`` names ``CLASS_NAMES[k]``, 0 is ``sky``,
   so every pixel has a class), :data:`SYNONYMS` and :func:`resolve_class` map text to classes;
 - :data:`SKY_COLOR` is the colour of rays that hit nothing (the background for a renderer).
+
+Object mode (FeatureNeRF-style categories with parts and keypoints):
+
+- :func:`build_object` -> :class:`ObjectInstance`: instance ``index`` of a category in
+  :data:`CATEGORY_NAMES` (parts :data:`PART_NAMES`, keypoints :data:`KEYPOINT_NAMES`);
+- :func:`load_objects` -> a list of :class:`ObjectViews` (renders, part ids, projected keypoints)
+  of a split in :data:`SPLITS` (cached on disk); :func:`render_object_views` renders any cameras.
 """
 
 from feature_splat.data.synthetic.classes import CLASS_NAMES, SKY, SYNONYMS, resolve_class
 from feature_splat.data.synthetic.load import load_world, render_dataset
+from feature_splat.data.synthetic.object_views import (
+    SPLITS,
+    ObjectViews,
+    load_objects,
+    render_object_views,
+)
+from feature_splat.data.synthetic.objects import (
+    CATEGORY_NAMES,
+    KEYPOINT_NAMES,
+    PART_NAMES,
+    ObjectInstance,
+    build_object,
+)
 from feature_splat.data.synthetic.raycast import render_views
 from feature_splat.data.synthetic.worlds import SKY_COLOR, WORLD_NAMES, World, build_world
 
 __all__ = [
+    "CATEGORY_NAMES",
     "CLASS_NAMES",
+    "KEYPOINT_NAMES",
+    "PART_NAMES",
     "SKY",
     "SKY_COLOR",
+    "SPLITS",
     "SYNONYMS",
     "WORLD_NAMES",
+    "ObjectInstance",
+    "ObjectViews",
     "World",
+    "build_object",
     "build_world",
+    "load_objects",
     "load_world",
     "render_dataset",
+    "render_object_views",
     "render_views",
     "resolve_class",
 ]

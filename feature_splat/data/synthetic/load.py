@@ -13,7 +13,6 @@ written atomically. A file that cannot be read or does not match is regenerated 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from feature_splat.cameras import Cameras
 from feature_splat.data.dataset import Dataset
 from feature_splat.data.synthetic.worlds import World, build_world
 from feature_splat.errors import DatasetError
-from feature_splat.io.files import atomic_write_bytes
+from feature_splat.io.files import write_npz
 
 CACHE_FORMAT = 1
 TEST_EVERY = 8
@@ -110,7 +109,7 @@ def load_world(
     arrays = _read_cache(path, key, (n_views, height, width)) if path.exists() else None
     if arrays is None:
         arrays = _render_arrays(world, cameras, supersample, n_points, seed)
-        _write_cache(path, key, arrays)
+        write_npz(path, {"key": np.array(key), **arrays})
     return _assemble(world, cameras, arrays)
 
 
@@ -191,9 +190,3 @@ def _read_cache(path: Path, key: str, shape: tuple[int, int, int]) -> dict[str, 
         _log.warning("synthetic world cache %s does not match (%s); regenerating", path, problems)
         return None
     return arrays
-
-
-def _write_cache(path: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, key=np.array(key), **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
