@@ -41,7 +41,7 @@ from feature_splat.generalizable.training import (
     load_model,
     offline_field_dir,
 )
-from feature_splat.io import write_json, write_png
+from feature_splat.io import atomic_write_bytes, write_json, write_png
 from feature_splat.visualize import depth_rgb, draw_points, label_rgb, pca_rgb
 
 
@@ -102,7 +102,9 @@ def run_eval(config: GenEvalConfig) -> dict:
         console.print(f"{category}: evaluated in {time.perf_counter() - start:.0f} s")
     results["seconds"] = time.perf_counter() - start
     write_json(out / "eval.json", results)
-    console.print(results_table(results, [s.name for s in sources]))
+    methods = [source.name for source in sources]
+    atomic_write_bytes(out / "eval.md", results_markdown(results, methods).encode())
+    console.print(results_table(results, methods))
     console.print(f"eval.json and PNGs in {out}")
     return results
 
@@ -122,6 +124,30 @@ def results_table(results: dict, methods: list[str]) -> Table:
                 row = [f"{headline(scores, task, m, subset):.3f}" for m in methods]
                 table.add_row(category, task if subset == "all" else f"{task} (hidden)", *row)
     return table
+
+
+def results_markdown(results: dict, methods: list[str]) -> str:
+    """Every figure of a ``gen eval`` run as Markdown tables (one per category): PCK at the four
+    thresholds, or part mIoU, for each task, subset and method."""
+    lines = []
+    for category, scores in results["categories"].items():
+        lines += [f"### {category}", "", "| task | " + " | ".join(methods) + " |"]
+        lines.append("| --- |" + " ---: |" * len(methods))
+        for task in TASKS:
+            for subset in ("all", "hidden"):
+                if subset not in scores.get(task, {}).get(methods[0], {}):
+                    continue
+                cells = []
+                for method in methods:
+                    entry = scores[task][method][subset]
+                    if "miou" in entry:
+                        cells.append(f"{entry['miou']:.3f}")
+                    else:
+                        cells.append(" / ".join(f"{v:.2f}" for v in entry["pck"].values()))
+                name = task if subset == "all" else f"{task} (hidden)"
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def transfer_figure(

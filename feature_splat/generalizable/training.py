@@ -295,8 +295,8 @@ class GenTrainer:
         config = self.config
         run_steps(
             self,
-            last=config.iterations if until is None else min(until, config.iterations),
             total=config.iterations,
+            until=until,
             checkpoint_every=config.checkpoint_every,
             label="gen train",
             status=lambda stats: (

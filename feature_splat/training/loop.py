@@ -21,18 +21,20 @@ class Steppable(Protocol):
 def run_steps(
     trainer: Steppable,
     *,
-    last: int,
     total: int,
+    until: int | None = None,
     checkpoint_every: int,
     label: str,
     status: Callable[[dict[str, float]], str],
     show_progress: bool = True,
 ) -> None:
-    """Call ``trainer.train_step()`` until ``trainer.step == last`` (of ``total``).
+    """Call ``trainer.train_step()`` until ``trainer.step`` reaches ``until`` (default and at
+    most ``total``, the run's length).
 
     A progress bar shows ``status(stats)`` every 10 steps; a checkpoint is written every
     ``checkpoint_every`` steps before ``total`` and when Ctrl-C stops the loop (then re-raised).
     """
+    last = total if until is None else min(until, total)
     columns = [
         TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),

@@ -218,8 +218,8 @@ class Trainer:
         config = self.config
         run_steps(
             self,
-            last=config.iterations if until is None else min(until, config.iterations),
             total=config.iterations,
+            until=until,
             checkpoint_every=config.checkpoint_every,
             label="train",
             status=lambda stats: (
