@@ -167,6 +167,7 @@ class _Instance:
     parts: Tensor
     hidden: Tensor
     keypoints_hidden: Tensor
+    masks: Tensor  # [V, H, W] object masks
 
 
 def _instance_points(views: ObjectViews, input_views: int, n_points: int, seed: int) -> _Instance:
@@ -176,7 +177,8 @@ def _instance_points(views: ObjectViews, input_views: int, n_points: int, seed: 
     points, parts = points[keep], parts[keep]
     source = list(range(input_views))
     keypoints_seen = views.keypoints_visible[:input_views].any(0)
-    return _Instance(points, parts, ~views.visible(points, parts, source).any(0), ~keypoints_seen)
+    hidden = ~views.visible(points, parts, source).any(0)
+    return _Instance(points, parts, hidden, ~keypoints_seen, views.masks())
 
 
 def keypoint_queries(feature_map: Tensor, views: ObjectViews, seen: Tensor) -> Tensor:
@@ -239,32 +241,24 @@ def evaluate_category(
         keypoints_b = torch.as_tensor(vb.instance.keypoints, dtype=torch.float32)
         for source in sources:
             maps_a, maps_b = source.view_maps(a), source.view_maps(b)
-            # 2D keypoints: from a's first source view to b's view t and to a's novel view t'.
+            # 2D tasks: from a's first source view to b's view t and to a's novel view t'.
             seen = va.keypoints_visible[0]
             query = keypoint_queries(maps_a[0], va, seen)
-            for task, views, view in (
-                ("kp2d_cross", vb, target_view),
-                ("kp2d_novel", va, novel_view),
+            mask_a = instances[a].masks[0]
+            source_labels = va.parts[0][mask_a]
+            for kind, target, maps, view in (
+                ("cross", b, maps_b, target_view),
+                ("novel", a, maps_a, novel_view),
             ):
-                maps = maps_b if views is vb else maps_a
+                views, mask = objects[target], instances[target].masks[view]
                 found = views.keypoints_visible[view][seen]
-                predicted = transfer_keypoints_2d(query[found], maps[view], views.masks()[view])
+                predicted = transfer_keypoints_2d(query[found], maps[view], mask)
                 errors = (predicted - views.keypoints_2d[view][seen][found]).norm(dim=-1)
-                acc.add_errors(
-                    (task, source.name, "all"),
-                    errors,
-                    torch.tensor(image_size / PCK_2D_REFERENCE_SIZE),
-                )
-            # 2D parts: a's source-view pixels -> b's view t and a's novel view t'.
-            mask_a = va.masks()[0]
-            for task, views, view in (
-                ("parts2d_cross", vb, target_view),
-                ("parts2d_novel", va, novel_view),
-            ):
-                maps = maps_b if views is vb else maps_a
-                mask = views.masks()[view]
-                labels = transfer_labels(maps_a[0][mask_a], va.parts[0][mask_a], maps[view][mask])
-                acc.add_labels((task, source.name, "all"), labels, views.parts[view][mask], n_parts)
+                scale = torch.tensor(image_size / PCK_2D_REFERENCE_SIZE)
+                acc.add_errors((f"kp2d_{kind}", source.name, "all"), errors, scale)
+                labels = transfer_labels(maps_a[0][mask_a], source_labels, maps[view][mask])
+                key = (f"parts2d_{kind}", source.name, "all")
+                acc.add_labels(key, labels, views.parts[view][mask], n_parts)
             # 3D keypoints: a's keypoints (3D features) -> b's surface points.
             query = source.point_features(a, keypoints_a)
             predicted = transfer_keypoints_3d(

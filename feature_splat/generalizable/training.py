@@ -34,7 +34,6 @@ from typing import Literal
 
 import torch
 import tyro
-from pytorch_msssim import ssim
 from torch import Tensor
 
 from feature_splat.data.synthetic.object_views import ObjectViews, load_objects
@@ -46,6 +45,7 @@ from feature_splat.rasterizer.api import Backend
 from feature_splat.teachers.base import pool_to_cells
 from feature_splat.teachers.object_oracle import ObjectOracleTeacher
 from feature_splat.training.loop import run_steps
+from feature_splat.training.losses import photometric_loss
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
@@ -246,10 +246,7 @@ class GenTrainer:
     ) -> dict[str, Tensor]:
         data = target.views
         render = predicted.render(data.cameras[views], backend=self.config.backend)
-        truth = data.rgb[views]
-        rgb = 0.8 * (render.rgb - truth).abs().mean() + 0.2 * (
-            1.0 - ssim(render.rgb.permute(0, 3, 1, 2), truth.permute(0, 3, 1, 2), data_range=1.0)
-        )
+        rgb = photometric_loss(render.rgb, data.rgb[views])
         mask = data.masks()[views]
         alpha = (render.alpha[..., 0] - mask.to(render.alpha.dtype)).abs().mean()
         reference = data.cameras.viewmats[views, 2, 3].view(-1, 1, 1)

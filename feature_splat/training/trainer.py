@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 from gsplat.strategy import DefaultStrategy
-from pytorch_msssim import ssim
 from torch import Tensor
 
 from feature_splat.data import Dataset
@@ -27,6 +26,7 @@ from feature_splat.io import atomic_write_bytes
 from feature_splat.teachers import to_teacher_cells
 from feature_splat.training.config import TrainConfig
 from feature_splat.training.loop import run_steps
+from feature_splat.training.losses import photometric_loss
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -176,9 +176,7 @@ class Trainer:
         if self.dataset.masks is not None:  # invalid pixels are blacked out in both
             valid = self.dataset.masks[view][..., None].to(rgb.dtype)
             rgb, target = rgb * valid, target * valid
-        l1 = (rgb - target).abs().mean()
-        ssim_value = ssim(rgb.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None], data_range=1.0)
-        rgb_loss = 0.8 * l1 + 0.2 * (1.0 - ssim_value)
+        rgb_loss = photometric_loss(rgb, target)
         target_map = self.teacher_maps[view].float()
         cells = to_teacher_cells(
             render.features[0].permute(2, 0, 1)[None], target_map.shape[:2], self.stride
