@@ -1,145 +1,129 @@
 """The ``feature-splat`` command line.
 
-Commands are paths of words (``feature-splat bench raster``); each leaf is a config dataclass
-parsed by tyro, so its flags and help come from the dataclass fields and docstrings.
+Commands are tyro subcommands (``feature-splat bench raster``); each leaf is a config dataclass, so
+its flags and help come from the dataclass fields and docstrings. The configs import no heavy
+package and each command imports what it needs when it runs, so ``--help`` answers at once.
+
+Errors: the tool's own errors (:class:`~feature_splat.errors.FeatureSplatError`) and the
+operating system's (a missing or read-only folder, a full disk) print one line, ``error: ...``,
+and exit with status 2; Ctrl-C exits with 130; anything else is a bug in feature-splat and prints
+``internal error: ...`` and exits with 1. ``--debug`` (anywhere on the command line) or
+``FEATURE_SPLAT_DEBUG=1`` adds the traceback.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
-import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import tyro
-from rich.console import Console
 
-from feature_splat.bench.prompts import PromptBenchConfig, run_prompt_bench
-from feature_splat.bench.raster import RasterBenchConfig, run_raster_bench
-from feature_splat.bench.sam import SamBenchConfig, run_sam_bench
-from feature_splat.bench.speedup import SpeedupBenchConfig, run_speedup_bench
-from feature_splat.demo import DemoConfig
-from feature_splat.generalizable.commands import (
+from feature_splat.bench.config import (
+    PromptBenchConfig,
+    RasterBenchConfig,
+    SamBenchConfig,
+    SpeedupBenchConfig,
+)
+from feature_splat.config import (
+    DemoConfig,
+    EditConfig,
+    EncodeConfig,
+    EvalConfig,
+    QueryConfig,
+    RenderConfig,
+    WorldsExportConfig,
+)
+from feature_splat.errors import FeatureSplatError
+from feature_splat.generalizable.config import (
     FitFieldsConfig,
     GenEvalConfig,
     GenPredictConfig,
-    run_eval,
-    run_fit_fields,
-    run_predict,
+    GenTrainConfig,
 )
-from feature_splat.generalizable.training import GenTrainConfig, run_training
 from feature_splat.training.config import TrainConfig
 
-
-@dataclass
-class EvalConfig:
-    """Re-evaluate a run folder on its held-out views."""
-
-    run: tyro.conf.Positional[Path]
+EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
 
 
-@dataclass
-class RenderConfig:
-    """Render a trained field: dataset views or an orbit; writes RGB, depth and feature PCA PNGs."""
-
-    run: tyro.conf.Positional[Path]
-    views: tuple[int, ...] = ()
-    """Dataset view indices to render (default: the held-out views)."""
-    orbit: int = 0
-    """Render this many views on an orbit around the scene instead."""
-    look_at: tuple[float, float, float, float, float, float] | None = None
-    """Render one camera at EYE looking at TARGET (world coordinates, z up): EX EY EZ TX TY TZ."""
-    out: Path | None = None
-    """Output folder (default: RUN/rendered)."""
+def _sub(name: str, help: str, nested: bool = False) -> Any:
+    """The tyro marker of a subcommand; ``nested`` ones (under ``gen``, ``bench``, ``worlds``)
+    keep their flags unprefixed (``--iterations``, not ``--command.iterations``)."""
+    return tyro.conf.subcommand(name, description=help, prefix_name=not nested)
 
 
 @dataclass
-class QueryConfig:
-    """Ask a run's field a text prompt (relevancy maps, 3D selection count) or, for a SAM-distilled
-    run, SAM point / box prompts on its rendered features."""
-
-    run: tyro.conf.Positional[Path]
-    text: str | None = None
-    """Text prompt (language-aligned teachers)."""
-    point: tuple[int, ...] = ()
-    """SAM point prompt(s) as x y pairs in pixels (SAM-distilled runs)."""
-    point_labels: tuple[int, ...] = ()
-    """1 = foreground, 0 = background, one per point (default: all 1)."""
-    box: tuple[float, float, float, float] | None = None
-    """SAM box prompt x0 y0 x1 y1 in pixels (SAM-distilled runs)."""
-    labels: tuple[str, ...] = ()
-    """Also segment the views over this label set."""
-    views: tuple[int, ...] = ()
-    """Dataset view indices (default: the held-out views)."""
-    threshold: float = 0.5
-    """Relevancy above which a pixel or a Gaussian counts as selected."""
-    out: Path | None = None
-    """Output folder (default: RUN/queries/<text>)."""
+class WorldsListConfig:
+    """List the built-in synthetic worlds: their classes and camera rigs."""
 
 
 @dataclass
-class EditConfig:
-    """Delete, extract or recolour what a text prompt selects; writes a new field to OUT."""
+class WorldsCommands:
+    """The built-in synthetic worlds."""
 
-    run: tyro.conf.Positional[Path]
-    op: Literal["delete", "extract", "recolour"]
-    out: Annotated[Path, tyro.conf.arg(aliases=["-o"])]
-    text: str | None = None
-    """Select by a text prompt (per-Gaussian score above --threshold)."""
-    point: tuple[int, ...] = ()
-    """Or select by SAM point prompt(s), x y pairs on dataset view --view (SAM-distilled runs)."""
-    point_labels: tuple[int, ...] = ()
-    box: tuple[float, float, float, float] | None = None
-    """Or a SAM box prompt x0 y0 x1 y1 on --view."""
-    view: int = 0
-    """Dataset view the SAM prompt is given on; its mask is lifted to 3D."""
-    threshold: float = 0.5
-    mode: Literal["relevancy", "cosine"] = "cosine"
-    """Score thresholded per Gaussian: raw cosine of its decoded feature with the text (Feature
-    3DGS's semantics), or LERF relevancy (noisier per Gaussian: hidden Gaussians' features are
-    barely constrained by training and sit near relevancy 0.5)."""
-    color: tuple[float, float, float] = (0.1, 0.8, 0.1)
-    """RGB for --op recolour."""
+    command: (
+        Annotated[WorldsListConfig, _sub("list", "list the built-in worlds", True)]
+        | Annotated[WorldsExportConfig, _sub("export", "a built-in world in nerfstudio format", True)]
+    )
 
 
 @dataclass
-class EncodeConfig:
-    """Encode every view of a dataset with a teacher into the on-disk feature cache (resumable)."""
+class GenCommands:
+    """Feed-forward feature Gaussians (object mode: keypoint and part transfer)."""
 
-    data: tyro.conf.Positional[str]
-    """A built-in world (room, tabletop, street) or a dataset folder."""
-    cache_dir: Path = Path("outputs/cache")
-    teacher: Literal["synthetic", "sam", "clip", "lseg", "dino"] = "synthetic"
-    teacher_checkpoint: Path | None = None
-    """Local weights of a foundation-model teacher."""
-    teacher_model: str | None = None
-    teacher_dim: int = 512
-    teacher_stride: int = 8
-    pca: int | None = None
-    """Store k PCA coefficients per cell instead of the teacher's full width."""
-    batch: int = 8
-    width: int = 128
-    height: int = 96
-    seed: int = 0
+    command: (
+        Annotated[GenTrainConfig, _sub("train", "train the feature-Gaussian predictor", True)]
+        | Annotated[GenEvalConfig, _sub("eval", "keypoint and part transfer vs baselines", True)]
+        | Annotated[GenPredictConfig, _sub("predict", "posed image(s) -> a feature field", True)]
+        | Annotated[FitFieldsConfig, _sub("fit-fields", "per-scene fields (offline targets)", True)]
+    )
 
 
 @dataclass
-class WorldsExportConfig:
-    """Export a built-in synthetic world in nerfstudio format (images, cameras, splits)."""
+class BenchCommands:
+    """Benchmarks: they measure and write results.json; figures go to docs/benchmarks.md."""
 
-    name: tyro.conf.Positional[str]
-    out: tyro.conf.Positional[Path]
-    width: int = 128
-    height: int = 96
-    seed: int = 0
+    command: (
+        Annotated[RasterBenchConfig, _sub("raster", "rasterizer backends: time, memory", True)]
+        | Annotated[PromptBenchConfig, _sub("prompts", "prompts and edits vs a world's truth", True)]
+        | Annotated[SamBenchConfig, _sub("sam", "SAM from any view vs the image encoder", True)]
+        | Annotated[SpeedupBenchConfig, _sub("speedup", "speed-up decoder vs the full width", True)]
+    )
 
 
-def _train(config: TrainConfig) -> None:
-    from feature_splat.training.run import train
+Command = (
+    Annotated[DemoConfig, _sub("demo", "the main job: distil, evaluate, prompt a built-in world")]
+    | Annotated[TrainConfig, _sub("train", "distil a teacher into a Gaussian feature field")]
+    | Annotated[EvalConfig, _sub("eval", "re-evaluate a run folder on its held-out views")]
+    | Annotated[RenderConfig, _sub("render", "render a run's field at dataset views or an orbit")]
+    | Annotated[QueryConfig, _sub("query", "text or SAM prompts on a run: maps, 3D selection")]
+    | Annotated[EditConfig, _sub("edit", "delete / extract / recolour what a prompt selects")]
+    | Annotated[EncodeConfig, _sub("encode", "cache a teacher's features of every view")]
+    | Annotated[GenCommands, _sub("gen", "feed-forward feature Gaussians (object mode)")]
+    | Annotated[BenchCommands, _sub("bench", "benchmarks (never run as tests)")]
+    | Annotated[WorldsCommands, _sub("worlds", "the built-in synthetic worlds")]
+)
 
-    _print_metrics(train(config).metrics, f"run folder: {config.out}")
+
+# -- what each command does -------------------------------------------------------------------
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _print_metrics(metrics: dict, where: str) -> None:
+    console = _console()
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            console.print(f"  {key:<28} {value:.4f}")
+        elif isinstance(value, int):
+            console.print(f"  {key:<28} {value}")
+    console.print(where)
 
 
 def _demo(config: DemoConfig) -> None:
@@ -148,49 +132,24 @@ def _demo(config: DemoConfig) -> None:
     run_demo(config)
 
 
-def _eval(config: EvalConfig) -> None:
-    from feature_splat.training.run import evaluate_run
+def _train(config: TrainConfig) -> None:
+    from feature_splat.training.run import train
 
-    _print_metrics(evaluate_run(config.run), f"metrics: {config.run / 'metrics.json'}")
+    _print_metrics(train(config).metrics, f"run folder: {config.out}")
+
+
+def _eval(config: EvalConfig) -> None:
+    from feature_splat.eval.heldout import evaluate_run
+
+    metrics = evaluate_run(config.run, allow_torchscript=config.allow_torchscript)
+    _print_metrics(metrics, f"metrics: {config.run / 'metrics.json'}")
 
 
 def _render(config: RenderConfig) -> None:
-    from feature_splat.training.run import render_run
+    from feature_splat.render import render_run
 
-    out = render_run(
-        config.run,
-        views=list(config.views),
-        orbit=config.orbit,
-        look_at=config.look_at,
-        out=config.out,
-    )
-    Console().print(f"renders: {out}")
-
-
-def _query(config: QueryConfig) -> None:
-    from feature_splat.edit.run import query_run, sam_prompt_run
-
-    prompt = _sam_prompt(config.point, config.point_labels, config.box)
-    if prompt is not None:
-        summary = sam_prompt_run(config.run, list(config.views), prompt, config.out)
-        Console().print(
-            f"SAM masks for {len(summary['views'])} views in {config.out or config.run / 'queries' / 'sam'}"
-        )
-        return
-    if config.text is None:
-        raise SystemExit("query: give --text, or --point / --box for a SAM-distilled run")
-    summary = query_run(
-        config.run,
-        config.text,
-        list(config.labels),
-        list(config.views),
-        config.threshold,
-        config.out,
-    )
-    Console().print(
-        f"'{config.text}': {summary['gaussians_selected']:,} of {summary['gaussians']:,} Gaussians above "
-        f"{config.threshold}; PNGs and query.json in {config.out or config.run / 'queries'}"
-    )
+    out = render_run(config.run, list(config.views), config.orbit, config.look_at, config.out)
+    _console().print(f"renders: {out}")
 
 
 def _sam_prompt(point: tuple[int, ...], labels: tuple[int, ...], box):
@@ -199,148 +158,185 @@ def _sam_prompt(point: tuple[int, ...], labels: tuple[int, ...], box):
 
     if not point and box is None:
         return None
-    if len(point) % 2:
-        raise SystemExit("--point: expected x y pairs")
     points = list(zip(point[::2], point[1::2], strict=True))
     return SamPrompt(points=points, point_labels=list(labels), box=box)
+
+
+def _query(config: QueryConfig) -> None:
+    from feature_splat.edit.run import query_run, sam_prompt_run
+
+    prompt = _sam_prompt(config.point, config.point_labels, config.box)
+    if prompt is not None:
+        summary = sam_prompt_run(
+            config.run, list(config.views), prompt, config.out, config.allow_torchscript
+        )
+        _console().print(f"SAM masks for {len(summary['views'])} views in {summary['folder']}")
+        return
+    summary = query_run(
+        config.run, config.text, list(config.labels), list(config.views), config.threshold,
+        config.out, config.allow_torchscript,
+    )  # fmt: skip
+    _console().print(
+        f"'{config.text}': {summary['gaussians_selected']:,} of {summary['gaussians']:,} Gaussians "
+        f"above {config.threshold}; PNGs and query.json in {summary['folder']}"
+    )
 
 
 def _edit(config: EditConfig) -> None:
     from feature_splat.edit.run import edit_run
 
-    prompt = _sam_prompt(config.point, config.point_labels, config.box)
-    if config.text is None and prompt is None:
-        raise SystemExit("edit: give --text, or --point / --box (SAM-distilled runs)")
     summary = edit_run(
-        config.run, config.op, config.out, text=config.text, sam_prompt=prompt, sam_view=config.view,
-        threshold=config.threshold, mode=config.mode, rgb=config.color,
+        config.run, config.op, config.out, text=config.text,
+        sam_prompt=_sam_prompt(config.point, config.point_labels, config.box),
+        sam_view=config.view, threshold=config.threshold, mode=config.mode, rgb=config.color,
+        allow_torchscript=config.allow_torchscript,
     )  # fmt: skip
-    Console().print(
+    _console().print(
         f"{config.op} ({config.text or 'SAM prompt'}): {summary['selected']:,} Gaussians selected; "
         f"{summary['gaussians_after']:,} remain in {config.out}"
     )
 
 
 def _encode(config: EncodeConfig) -> None:
-    from feature_splat.io.feature_cache import FeatureCache
-    from feature_splat.training.run import load_scene, make_teacher
+    import time
 
-    train_config = TrainConfig(
-        data=config.data, teacher=config.teacher, teacher_checkpoint=config.teacher_checkpoint,
-        teacher_model=config.teacher_model, teacher_dim=config.teacher_dim,
-        teacher_stride=config.teacher_stride, width=config.width, height=config.height,
-        seed=config.seed,
-    )  # fmt: skip
+    from feature_splat.io.feature_cache import FeatureCache, encode_dataset
+    from feature_splat.run_folder import load_scene, make_teacher
+
+    train_config = config.train_config()
     dataset = load_scene(train_config)
-    cache = FeatureCache(config.cache_dir, make_teacher(train_config, dataset), config.pca)
+    teacher = make_teacher(train_config, dataset)
     start = time.perf_counter()
-    cache.encode(dataset.images, batch=config.batch)
+    encode_dataset(
+        teacher, dataset.images, config.cache_dir, config.pca, dataset_root=dataset.root,
+        batch=config.batch,
+    )  # fmt: skip
+    cache = FeatureCache(config.cache_dir, teacher, config.pca)
     folder, size = cache.folder_of(dataset.images), cache.size_bytes_of(dataset.images)
-    Console().print(
+    _console().print(
         f"{len(dataset)} views in {folder}: {size / 2**20:.2f} MB, "
         f"{size / len(dataset) / 1024:.1f} KB per image ({time.perf_counter() - start:.1f} s)"
     )
 
 
+def _worlds_list(config: WorldsListConfig) -> None:
+    from rich.table import Table
+
+    from feature_splat.data.synthetic import WORLD_NAMES, build_world
+
+    table = Table(title="built-in worlds (synthetic, with ground truth)")
+    for column in ("name", "views", "classes"):
+        table.add_column(column)
+    for name in WORLD_NAMES:
+        world = build_world(name)
+        table.add_row(name, str(world.rig.default_views), ", ".join(world.classes()))
+    _console().print(table)
+
+
 def _worlds_export(config: WorldsExportConfig) -> None:
     from feature_splat.data.nerfstudio import export_nerfstudio
     from feature_splat.data.synthetic import load_world
+    from feature_splat.io.outputs import prepare_output
 
-    dataset = load_world(config.name, width=config.width, height=config.height, seed=config.seed)
-    Console().print(f"exported {len(dataset)} views to {export_nerfstudio(dataset, config.out)}")
-
-
-def _print_metrics(metrics: dict, where: str) -> None:
-    console = Console()
-    shown = {k: v for k, v in metrics.items() if isinstance(v, float | int)}
-    for key, value in shown.items():
-        console.print(
-            f"  {key:<28} {value:.4f}" if isinstance(value, float) else f"  {key:<28} {value}"
-        )
-    console.print(where)
+    dataset = load_world(
+        config.name, width=config.width, height=config.height, seed=config.world_seed
+    )
+    out = prepare_output(config.out, "world-export")  # a folder made for this may be rewritten
+    export_nerfstudio(dataset, out, overwrite=True)
+    _console().print(f"exported {len(dataset)} views to {out}")
 
 
-@dataclass(frozen=True)
-class Command:
-    config: type
-    run: Callable[[Any], Any]
-    summary: str
+def _gen_train(config: GenTrainConfig) -> None:
+    from feature_splat.generalizable.training import run_training
+
+    run_training(config)
 
 
-COMMANDS: dict[tuple[str, ...], Command] = {
-    ("demo",): Command(DemoConfig, _demo, "the main job: distil, evaluate, query a built-in world"),
-    ("train",): Command(TrainConfig, _train, "distil a teacher into a Gaussian feature field"),
-    ("eval",): Command(EvalConfig, _eval, "re-evaluate a run folder on its held-out views"),
-    ("render",): Command(
-        RenderConfig, _render, "render a run's field at dataset views or an orbit"
-    ),
-    ("query",): Command(
-        QueryConfig, _query, "text prompt on a run: relevancy maps and 3D selection"
-    ),
-    ("edit",): Command(EditConfig, _edit, "delete / extract / recolour what a text prompt selects"),
-    ("encode",): Command(
-        EncodeConfig, _encode, "cache a teacher's features of every view (resumable)"
-    ),
-    ("worlds", "export"): Command(
-        WorldsExportConfig, _worlds_export, "export a built-in world in nerfstudio format"
-    ),
-    ("gen", "train"): Command(
-        GenTrainConfig, run_training, "train the feed-forward feature-Gaussian predictor (objects)"
-    ),
-    ("gen", "eval"): Command(
-        GenEvalConfig, run_eval, "keypoint transfer and part co-segmentation vs baselines"
-    ),
-    ("gen", "predict"): Command(
-        GenPredictConfig, run_predict, "predict a feature field from posed image(s), render it"
-    ),
-    ("gen", "fit-fields"): Command(
-        FitFieldsConfig,
-        run_fit_fields,
-        "per-scene fields of the training objects (offline targets)",
-    ),
-    ("bench", "raster"): Command(
-        RasterBenchConfig, run_raster_bench, "time every rasterizer backend (results.json + PNGs)"
-    ),
-    ("bench", "prompts"): Command(
-        PromptBenchConfig,
-        run_prompt_bench,
-        "text prompts, 3D selection, deletion vs a world's truth",
-    ),
-    ("bench", "sam"): Command(
-        SamBenchConfig, run_sam_bench, "SAM from any view: masks and latency vs the image encoder"
-    ),
-    ("bench", "speedup"): Command(
-        SpeedupBenchConfig,
-        run_speedup_bench,
-        "speed-up decoder: F channels + decoder vs direct F = M",
-    ),
-}
+def _gen_eval(config: GenEvalConfig) -> None:
+    from feature_splat.generalizable.commands import run_eval
+
+    run_eval(config)
 
 
-def _usage() -> str:
-    lines = ["usage: feature-splat COMMAND [OPTIONS]", "", "commands:"]
-    for words, command in COMMANDS.items():
-        lines.append(f"  {' '.join(words):<16} {command.summary}")
-    lines.append("\n'feature-splat COMMAND --help' lists a command's options.")
-    return "\n".join(lines)
+def _gen_predict(config: GenPredictConfig) -> None:
+    from feature_splat.generalizable.commands import run_predict
+
+    run_predict(config)
+
+
+def _fit_fields(config: FitFieldsConfig) -> None:
+    from feature_splat.generalizable.commands import run_fit_fields
+
+    run_fit_fields(config)
+
+
+def _bench_raster(config: RasterBenchConfig) -> None:
+    from feature_splat.bench.raster import run_raster_bench
+
+    run_raster_bench(config)
+
+
+def _bench_prompts(config: PromptBenchConfig) -> None:
+    from feature_splat.bench.prompts import run_prompt_bench
+
+    run_prompt_bench(config)
+
+
+def _bench_sam(config: SamBenchConfig) -> None:
+    from feature_splat.bench.sam import run_sam_bench
+
+    run_sam_bench(config)
+
+
+def _bench_speedup(config: SpeedupBenchConfig) -> None:
+    from feature_splat.bench.speedup import run_speedup_bench
+
+    run_speedup_bench(config)
+
+
+RUNNERS: dict[type, Callable[[Any], None]] = {
+    DemoConfig: _demo, TrainConfig: _train, EvalConfig: _eval, RenderConfig: _render,
+    QueryConfig: _query, EditConfig: _edit, EncodeConfig: _encode,
+    WorldsListConfig: _worlds_list, WorldsExportConfig: _worlds_export,
+    GenTrainConfig: _gen_train, GenEvalConfig: _gen_eval, GenPredictConfig: _gen_predict,
+    FitFieldsConfig: _fit_fields, RasterBenchConfig: _bench_raster,
+    PromptBenchConfig: _bench_prompts, SamBenchConfig: _bench_sam,
+    SpeedupBenchConfig: _bench_speedup,
+}  # fmt: skip
+
+
+# -- the entry point --------------------------------------------------------------------------
+def _fail(message: str, code: int, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    print(message, file=sys.stderr)
+    raise SystemExit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``feature-splat`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    for words, command in COMMANDS.items():
-        if tuple(argv[: len(words)]) == words:
-            config = tyro.cli(
-                command.config,
-                args=argv[len(words) :],
-                prog=f"feature-splat {' '.join(words)}",
-                description=command.summary,
-            )
-            command.run(config)
-            return
-    print(_usage(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-    if argv and argv[0] not in ("-h", "--help"):
-        raise SystemExit(2)
+    debug = "--debug" in argv or os.environ.get("FEATURE_SPLAT_DEBUG", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
+    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
+    hint = "" if debug else " (--debug shows the traceback)"
+    try:
+        config = tyro.cli(
+            Command, args=argv, prog="feature-splat", config=(tyro.conf.OmitSubcommandPrefixes,)
+        )
+        while isinstance(config, WorldsCommands | GenCommands | BenchCommands):
+            config = config.command
+        RUNNERS[type(config)](config)
+    except FeatureSplatError as err:
+        _fail(f"error: {err}", EXIT_ERROR, debug)
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        _fail(f"error: {where}{err.strerror or err}", EXIT_ERROR, debug)
+    except KeyboardInterrupt:
+        _fail("interrupted", EXIT_INTERRUPTED, debug)
+    except Exception as err:  # a bug: say so, briefly
+        first = str(err).strip().splitlines()[:1] or [""]
+        _fail(f"internal error: {type(err).__name__}: {first[0]}{hint}", EXIT_INTERNAL, debug)
 
 
 if __name__ == "__main__":

@@ -29,3 +29,15 @@ class DatasetError(FeatureSplatError, ValueError):
 
 class CheckpointError(FeatureSplatError, ValueError):
     """A checkpoint, PLY or run folder is missing, corrupt or does not match the configuration."""
+
+
+class ConfigError(FeatureSplatError):
+    """A configuration value (a command-line flag or a config field) is out of range or malformed.
+
+    Deliberately not a ValueError: the command-line parser reports ValueErrors raised while
+    building a config in its own multi-line format; this one reaches the one-line error handler."""
+
+
+class OutputError(FeatureSplatError, ValueError):
+    """An output location is refused: it is an input, inside one, or a folder feature-splat did
+    not make for this kind of output."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +12,10 @@ from feature_splat.cameras import Cameras
 from feature_splat.decoders import SpeedUpDecoder
 from feature_splat.errors import CheckpointError, InputShapeError
 from feature_splat.gaussians import GaussianField, quat_to_rotmat
-from feature_splat.io import atomic_write_bytes, read_ply, write_ply
+from feature_splat.io import read_ply, write_ply
+from feature_splat.io.checkpoints import read_checkpoint, write_checkpoint
 from feature_splat.rasterizer import rasterize
-from feature_splat.rasterizer.api import Backend
+from feature_splat.rasterizer.backends import Backend
 
 PLY_NAME = "point_cloud.ply"
 DECODER_NAME = "decoder.pt"
@@ -92,17 +92,13 @@ class FeatureField:
         """Write ``point_cloud.ply`` and ``decoder.pt`` into ``run_dir`` (atomically)."""
         run_dir = Path(run_dir)
         write_ply(run_dir / PLY_NAME, self.gaussians)
-        buffer = io.BytesIO()
-        torch.save(
-            {
-                "decoder_config": self.decoder.config(),
-                "decoder_state": self.decoder.state_dict(),
-                "background": self.background.detach().cpu(),
-                "sh_degree": self.sh_degree,
-            },
-            buffer,
-        )
-        atomic_write_bytes(run_dir / DECODER_NAME, buffer.getvalue())
+        saved = {
+            "decoder_config": self.decoder.config(),
+            "decoder_state": self.decoder.state_dict(),
+            "background": self.background.detach().cpu(),
+            "sh_degree": self.sh_degree,
+        }
+        write_checkpoint(run_dir / DECODER_NAME, saved)
 
     @classmethod
     def load(cls, run_dir: str | Path) -> FeatureField:
@@ -110,19 +106,24 @@ class FeatureField:
         run_dir = Path(run_dir)
         gaussians = read_ply(run_dir / PLY_NAME)
         path = run_dir / DECODER_NAME
-        if not path.is_file():
-            raise CheckpointError(f"{path}: decoder file does not exist")
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            decoder = SpeedUpDecoder.from_state(saved["decoder_config"], saved["decoder_state"])
-            background, sh_degree = saved["background"], int(saved["sh_degree"])
-        except Exception as err:
-            raise CheckpointError(f"{path}: not a readable decoder file ({err})") from err
+        saved = read_checkpoint(path, "decoder file")
+        if not isinstance(saved, dict) or not {"decoder_config", "decoder_state"} <= set(saved):
+            raise CheckpointError(f"{path}: expected decoder_config and decoder_state entries")
+        decoder = SpeedUpDecoder.from_state(saved["decoder_config"], saved["decoder_state"], str(path))
+        background, sh_degree = saved.get("background"), saved.get("sh_degree")
         if decoder.in_dim != gaussians.feature_dim:
             raise CheckpointError(
                 f"{path}: decoder expects {decoder.in_dim} feature channels but {run_dir / PLY_NAME} "
                 f"has {gaussians.feature_dim} (f_feat_*)"
             )
-        if background.shape != (3 + gaussians.feature_dim,):
-            raise CheckpointError(f"{path}: background has shape {list(background.shape)}")
-        return cls(gaussians, decoder, background, sh_degree)
+        if not isinstance(background, Tensor) or background.shape != (3 + gaussians.feature_dim,):
+            raise CheckpointError(
+                f"{path}: background: expected {3 + gaussians.feature_dim} values (RGB + features)"
+            )
+        if not bool(torch.isfinite(background).all()):
+            raise CheckpointError(f"{path}: background holds NaN or infinite values")
+        if not isinstance(sh_degree, int) or not 0 <= sh_degree <= gaussians.sh_degree:
+            raise CheckpointError(
+                f"{path}: sh_degree: expected 0..{gaussians.sh_degree} (the PLY's), got {sh_degree!r}"
+            )
+        return cls(gaussians, decoder, background.float(), sh_degree)

@@ -79,3 +79,10 @@ def draw_points(
             if 0 <= x + dx < w and 0 <= y + dy < h:
                 out[y + dy, x + dx] = paint
     return out
+
+
+def overlay_rgb(image: Tensor, mask: Tensor, color: tuple[float, float, float]) -> Tensor:
+    """``image`` [H, W, 3] with the pixels of ``mask`` [H, W] tinted half-way to ``color`` and the
+    rest dimmed, so a selection stands out."""
+    tint = 0.5 * image + 0.5 * torch.tensor(color, dtype=image.dtype)
+    return torch.where(mask[..., None], tint, 0.6 * image)

@@ -16,15 +16,15 @@ from feature_splat.decoders import SpeedUpDecoder
 from feature_splat.errors import CheckpointError, InputShapeError
 from feature_splat.field import FeatureField
 from feature_splat.gaussians import GaussianField, quat_to_rotmat
-from feature_splat.generalizable.evaluation import FeatureSource, evaluate_category, headline
-from feature_splat.generalizable.network import GaussianPredictor, PredictorConfig
-from feature_splat.generalizable.training import (
+from feature_splat.generalizable.config import (
     GenTrainConfig,
-    GenTrainer,
     ObjectDataConfig,
+    PredictorConfig,
     TeacherConfig,
-    prepare_targets,
 )
+from feature_splat.generalizable.evaluation import FeatureSource, evaluate_category, headline
+from feature_splat.generalizable.network import GaussianPredictor
+from feature_splat.generalizable.training import GenTrainer, prepare_targets
 
 TINY = PredictorConfig(feature_dim=4, teacher_dim=8, widths=(8, 16))
 
@@ -267,9 +267,11 @@ def test_evaluation_with_truth_features_is_perfect_and_random_is_chance(chairs) 
 # The command line
 
 
-def test_gen_commands_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gen_commands_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """fit-fields -> train with the offline fields -> eval against a baseline -> predict."""
     import json
+
+    from cli_errors import cli_error
 
     from feature_splat.cli import main
 
@@ -287,8 +289,13 @@ def test_gen_commands_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
           "--offline-fields", str(fields)])  # fmt: skip
     history = json.loads((run / "history.json").read_text())
     assert "offline_feature" in history[-1]
-    with pytest.raises(CheckpointError, match="already exists"):
-        main(["gen", "train", str(run), *data, *small, *teacher, "--iterations", "4"])
+    args = ["gen", "train", str(run), *data, "--data.instances", "2", *small, *teacher]
+    assert "already exists" in cli_error([*args, "--iterations", "4"], capsys)
+    changed = cli_error([*args, "--iterations", "6", "--lr", "0.01", "--resume"], capsys)
+    assert "--resume with other settings" in changed and "lr: 0.001 -> 0.01" in changed
+    main([*args, "--iterations", "6", "--batch-size", "2", "--target-views", "2",
+          "--offline-fields", str(fields), "--resume"])  # fmt: skip
+    assert json.loads((run / "history.json").read_text())[-1]["step"] == 6
     main(["gen", "eval", str(run), "--baseline", str(run), *data, "--data.instances", "3",
           "--pairs", "4", "--surface-points", "200"])  # fmt: skip
     report = json.loads((run / "eval" / "eval.json").read_text())

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
+from pathlib import PurePosixPath
 
 import pytest
 import torch
+from cli_errors import cli_error
 
 from feature_splat.cli import main
 from feature_splat.data import export_blender, export_nerfstudio, load_blender, load_nerfstudio
@@ -24,30 +27,19 @@ def test_world_export_round_trips_through_nerfstudio_and_blender(tiny_world, tmp
     for export, load in ((export_nerfstudio, load_nerfstudio), (export_blender, load_blender)):
         back = load(export(tiny_world, tmp_path / export.__name__))
         assert len(back) == len(tiny_world)
-        order = [
-            back.image_names.index(n) if n in back.image_names else None for n in back.image_names
-        ]
-        assert None not in order
+        # Each loaded view is the world's view of the same name (Blender reorders: train, test).
+        source = [tiny_world.image_names.index(PurePosixPath(n).name) for n in back.image_names]
+        assert sorted(source) == list(range(len(tiny_world)))
+        assert sorted(source[i] for i in back.test_indices) == tiny_world.test_indices
         torch.testing.assert_close(
-            back.cameras.viewmats.sort(0).values,
-            tiny_world.cameras.viewmats.sort(0).values,
-            atol=1e-5,
-            rtol=0,
+            back.cameras.viewmats, tiny_world.cameras.viewmats[source], atol=1e-5, rtol=0
         )
-        assert (
-            float(
-                (
-                    back.images.mean((1, 2, 3)).sort().values
-                    - tiny_world.images.mean((1, 2, 3)).sort().values
-                )
-                .abs()
-                .max()
-            )
-            < 1 / 255
-        )
+        torch.testing.assert_close(back.cameras.Ks, tiny_world.cameras.Ks[source], atol=1e-4, rtol=0)
+        # 8-bit PNGs: each pixel within half a step of the float original.
+        assert float((back.images - tiny_world.images[source]).abs().max()) <= 0.5 / 255 + 1e-6
 
 
-def test_cli_train_eval_render_on_a_tiny_world(tmp_path, monkeypatch) -> None:
+def test_cli_train_eval_render_on_a_tiny_world(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("FEATURE_SPLAT_CACHE", str(tmp_path))  # keep the world cache local
     run = tmp_path / "run"
     main(
@@ -77,22 +69,28 @@ def test_cli_train_eval_render_on_a_tiny_world(tmp_path, monkeypatch) -> None:
     for name in ("point_cloud.ply", "decoder.pt", "config.json", "metrics.json", "checkpoint.pt"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("psnr", "ssim", "feature_cosine", "text_miou_vs_truth", "text_miou_vs_teacher"):
-        assert 0 <= metrics[key] <= 100, key
     assert "sky" in metrics["labels"] and "table" in metrics["labels"]
     assert len(list((run / "renders").glob("*.png"))) == 6  # every 8th of 48 views is held out
     field = FeatureField.load(run)
     assert field.gaussians.feature_dim == 8 and field.decoder.out_dim == 64
-    with pytest.raises(Exception, match="already holds a run"):
-        main(["train", "tabletop", "--out", str(run), "--iterations", "1"])
+    world = load_world("tabletop", **SIZE)
+    for row, view in zip(metrics["views"], world.test_indices, strict=True):  # PSNR recomputed
+        with torch.no_grad():
+            rgb = field.render(world.cameras[view]).rgb[0].clamp(0, 1)
+        mse = float(((rgb - world.images[view]) ** 2).mean())
+        assert row["psnr"] == pytest.approx(-10 * math.log10(mse), abs=1e-3)
+    assert "already holds a run" in cli_error(["train", "tabletop", "--out", str(run)], capsys)
     main(["eval", str(run)])
+    assert json.loads((run / "metrics.json").read_text())["train_seconds"] == metrics["train_seconds"]
     main(["render", str(run), "--orbit", "2"])
     assert len(list((run / "rendered").glob("orbit_*.png"))) == 2
     main(["render", str(run), "--look-at", "2", "2", "1.5", "0", "0", "0.5"])
     assert (run / "rendered" / "look_at.png").is_file()
 
     main(["query", str(run), "--text", "a table", "--labels", "table", "sky", "mug"])
-    query = json.loads((run / "queries" / "a_table" / "query.json").read_text())
+    (folder,) = (run / "queries").iterdir()
+    assert folder.name.startswith("a_table-")
+    query = json.loads((folder / "query.json").read_text())
     assert query["gaussians"] == len(field.gaussians) and len(query["views"]) == 6
     edited = tmp_path / "edited"
     main(["edit", str(run), "--text", "table", "--op", "delete", "-o", str(edited)])
@@ -100,14 +98,13 @@ def test_cli_train_eval_render_on_a_tiny_world(tmp_path, monkeypatch) -> None:
     assert summary["gaussians_after"] == summary["gaussians_before"] - summary["selected"]
     assert len(FeatureField.load(edited).gaussians) == summary["gaussians_after"]
     assert FeatureField.load(run).gaussians.means.shape == field.gaussians.means.shape  # input kept
-    report = main(["bench", "prompts", "--run", str(run), "--classes", "table"]) or json.loads(
-        (run / "bench_prompts.json").read_text()
-    )
-    (row,) = report["results"]
-    assert 0 <= row["text_iou_2d_cosine"] <= 1 and 0 <= row["precision"] <= 1
-    assert row["removed_pixels"] > 0
-    with pytest.raises(Exception, match="new, empty folder"):
-        main(["edit", str(run), "--text", "table", "--op", "extract", "-o", str(edited)])
+    main(["bench", "prompts", "--run", str(run), "--classes", "table"])
+    (row,) = json.loads((run / "bench_prompts" / "results.json").read_text())["results"]
+    table = world.class_names.index("table")
+    assert row["removed_pixels"] == int((world.labels[world.test_indices] == table).sum())
+    assert {"extract_psnr_inside_class", "extract_psnr_outside_class"} <= set(row)
+    error = cli_error(["edit", str(run), "--text", "table", "--op", "extract", "-o", str(run)], capsys)
+    assert "holds feature-splat 'run' output" in error
 
 
 def test_demo_writes_summary_and_prompt_pngs(tmp_path, monkeypatch) -> None:
@@ -115,7 +112,7 @@ def test_demo_writes_summary_and_prompt_pngs(tmp_path, monkeypatch) -> None:
     main(["demo", "tabletop", "--out", str(tmp_path / "demo"), "--text", "table", "--point", "24", "20",
           "--train.iterations", "40", "--train.width", "48", "--train.height", "36",
           "--train.init-points", "1500", "--train.teacher-dim", "32"])  # fmt: skip
-    (run,) = (tmp_path / "demo").iterdir()
+    (run,) = [p for p in (tmp_path / "demo").iterdir() if p.is_dir()]
     summary = json.loads((run / "demo.json").read_text())
     assert summary["world"] == "tabletop" and summary["text_query"]["text"] == "table"
     assert summary["point_query"]["xy"] == [24, 20]
@@ -129,7 +126,7 @@ def test_encode_command_fills_the_cache_once(tmp_path, monkeypatch, capsys) -> N
     args = ["encode", "tabletop", "--cache-dir", str(tmp_path / "features"), "--width", "48",
             "--height", "36", "--teacher-dim", "32"]  # fmt: skip
     main(args)
-    (folder,) = (tmp_path / "features").iterdir()
+    (folder,) = [p for p in (tmp_path / "features").iterdir() if p.is_dir()]
     files = sorted(folder.glob("*.npz"))
     assert len(files) == 48
     stamps = [f.stat().st_mtime_ns for f in files]

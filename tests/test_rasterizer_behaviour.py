@@ -133,6 +133,10 @@ def test_bad_input_raises_a_clear_error(field, make_bad, error, needle) -> None:
 def test_unknown_backend_and_wrong_device() -> None:
     with pytest.raises(FeatureSplatError, match="backend"):
         rasterize(**_good_args(), backend="vulkan")  # type: ignore[arg-type]
+    mixed = _good_args()
+    mixed["features"] = mixed["features"].to("meta")  # a second device, without a GPU
+    with pytest.raises(InputShapeError, match=r"one device, got \['cpu', 'meta'\]"):
+        rasterize(**mixed, backend="cpu")
 
 
 def test_backgrounds_shape_checked() -> None:

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from feature_splat.errors import CheckpointError, InputShapeError
+from feature_splat.io.checkpoints import load_strict
 from feature_splat.teachers import Teacher
-from feature_splat.teachers.checkpoints import load_strict
 from feature_splat.teachers.clip import ClipTeacher, check_supported, dense_features
 
 PATCH = 8
@@ -220,9 +220,10 @@ def test_checkpoint_errors(tiny, tmp_path):
         ClipTeacher("ViT-B-16", tiny["fs-tiny-clip"])
 
 
-def test_torchscript_archive_loads(tiny, tmp_path):
+def test_torchscript_archive_loads_only_when_allowed(tiny, tmp_path):
     """OpenAI ships TorchScript archives holding the weights plus three metadata buffers; an
-    archive of that form, scripted from a bare module tree, loads like the state dict."""
+    archive of that form, scripted from a bare module tree, loads like the state dict, but only
+    when the caller allows TorchScript (loading it runs code from the file)."""
     state = torch.load(tiny["fs-tiny-clip"], weights_only=True)
     root = torch.nn.Module()
     for key, value in state.items():
@@ -238,7 +239,9 @@ def test_torchscript_archive_loads(tiny, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still loadable
         torch.jit.script(root).save(str(tmp_path / "scripted.pt"))
-        clip = ClipTeacher("fs-tiny-clip", tmp_path / "scripted.pt")
+        with pytest.raises(CheckpointError, match=r"TorchScript archive.*--allow-torchscript"):
+            ClipTeacher("fs-tiny-clip", tmp_path / "scripted.pt")
+        clip = ClipTeacher("fs-tiny-clip", tmp_path / "scripted.pt", allow_torchscript=True)
     for key, value in clip.model.state_dict().items():
         assert torch.equal(value, state[key]), key
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from cli_errors import cli_error
 
 from feature_splat.cli import main
 from feature_splat.data.synthetic import load_world
@@ -62,11 +63,14 @@ def test_train_distils_a_tiny_clip_through_the_real_loading_path(tmp_path, monke
           "--width", "48", "--height", "36", "--init-points", "1000", "--feature-dim", "8",
           "--cache-dir", str(tmp_path / "features")])  # fmt: skip
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["teacher"] == "clip" and 0 <= metrics["text_miou_vs_truth"] <= 1
+    assert metrics["teacher"] == "clip" and metrics["teacher_config_id"].startswith("clip-fs-factory")
+    world = load_world("tabletop", width=48, height=36)
+    present = [world.class_names[k] for k in torch.unique(world.labels).tolist()]
+    assert metrics["labels"] == present and set(metrics["per_class_iou_vs_truth"]) <= set(present)
     assert json.loads((run / "config.json").read_text())["teacher_checkpoint"].endswith("clip.pt")
 
 
-def test_sam_distilled_run_answers_point_and_box_prompts(tmp_path, monkeypatch) -> None:
+def test_sam_distilled_run_answers_point_and_box_prompts(tmp_path, monkeypatch, capsys) -> None:
     pytest.importorskip("segment_anything")
     from feature_splat.teachers.sam import SamTeacher
 
@@ -81,8 +85,9 @@ def test_sam_distilled_run_answers_point_and_box_prompts(tmp_path, monkeypatch) 
     summary = json.loads((run / "queries" / "sam" / "sam.json").read_text())
     assert summary["points"] == [[24, 18]] and len(summary["views"]) == 1
     assert (run / "queries" / "sam" / "tabletop_000.png").is_file()
-    with pytest.raises(SystemExit, match="--text"):
-        main(["query", str(run)])
+    assert "give --text, or --point / --box" in cli_error(["query", str(run)], capsys)
+    error = cli_error(["query", str(run), "--text", "mug"], capsys)
+    assert "teacher 'sam' has no text encoder" in error
     edited = tmp_path / "cut"
     main(
         [

@@ -3,34 +3,24 @@ of the built-in world a run was trained on (synthetic teacher; never run as a te
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from feature_splat.bench.config import PromptBenchConfig
+from feature_splat.errors import ConfigError
 from feature_splat.io import write_json
-
-
-@dataclass
-class PromptBenchConfig:
-    """Options of ``feature-splat bench prompts``."""
-
-    run: Path
-    """A run folder trained on a built-in world (room, tabletop, street)."""
-    classes: tuple[str, ...] = ("chair", "table", "sofa")
-    threshold: float = 0.5
-    """Relevancy threshold for 2D masks and cosine threshold for 3D selection and deletion."""
+from feature_splat.io.outputs import prepare_output
+from feature_splat.run_folder import Run, is_world_name
 
 
 @torch.no_grad()
 def run_prompt_bench(
     config: PromptBenchConfig, console: Console | None = None
 ) -> dict[str, object]:
-    """Measure every class; prints a table and writes ``RUN/bench_prompts.json``."""
+    """Measure every class; prints a table and writes ``results.json`` to ``config.out``
+    (default ``RUN/bench_prompts``)."""
     from feature_splat.data.synthetic import build_world
-    from feature_splat.edit.run import _load_run
     from feature_splat.eval.prompts import (
         deletion_psnr,
         extraction_psnr,
@@ -41,8 +31,21 @@ def run_prompt_bench(
     from feature_splat.prompts import gaussian_scores
 
     console = console or Console()
-    train_config, dataset, teacher, field = _load_run(config.run)
-    world = build_world(train_config.data, seed=train_config.seed)
+    run = Run(config.run)
+    if not is_world_name(run.config.data):
+        raise ConfigError(
+            f"{config.run}: trained on {run.config.data}; bench prompts needs a run of a built-in "
+            f"world (its truth is re-rendered)"
+        )
+    unknown = [name for name in config.classes if name not in run.dataset.class_names]
+    if unknown:
+        raise ConfigError(
+            f"--classes: {unknown} are not classes of '{run.config.data}' "
+            f"({', '.join(run.dataset.class_names)})"
+        )
+    out = prepare_output(config.out or run.path / "bench_prompts", "bench-prompts")
+    dataset, teacher, field = run.dataset, run.teacher, run.field
+    world = build_world(run.config.data, seed=run.config.world_seed)
     labels = surface_labels(field, dataset)
     rows = []
     for name in config.classes:
@@ -65,26 +68,24 @@ def run_prompt_bench(
                 ),
                 **selection_scores(selection, labels, class_id),
                 **deletion_psnr(field, dataset, teacher, name, truth, config.threshold),
-                "extract_psnr_inside_class": extraction_psnr(
-                    field, dataset, teacher, name, truth_alone, config.threshold
-                ),
+                **extraction_psnr(field, dataset, teacher, name, truth_alone, config.threshold),
             }
         )
     report = {
         "benchmark": "prompts",
         "command": f"feature-splat bench prompts {config.run}",
-        "teacher": "synthetic oracle",
+        "teacher": teacher.name,
         "threshold": config.threshold,
         "gaussians_with_surface_label": int((labels >= 0).sum()),
         "gaussians": len(labels),
         "results": rows,
     }
-    write_json(config.run / "bench_prompts.json", report)
+    write_json(out / "results.json", report)
     table = Table(
         title=f"prompts and deletion vs the world's truth ({config.run}, synthetic teacher)"
     )
     columns = ["class", "2D IoU relevancy", "2D IoU cosine", "3D precision", "3D recall"]
-    for column in [*columns, "selected", "PSNR in", "PSNR out", "extract PSNR"]:
+    for column in [*columns, "selected", "PSNR in", "PSNR out", "extract in", "extract out"]:
         table.add_column(column, justify="right")
     for r in rows:
         scores = [r["text_iou_2d"], r["text_iou_2d_cosine"], r["precision"], r["recall"]]
@@ -95,6 +96,8 @@ def run_prompt_bench(
             f"{r['psnr_inside_removed_region']:.2f}",
             f"{r['psnr_outside']:.2f}",
             f"{r['extract_psnr_inside_class']:.2f}",
+            f"{r['extract_psnr_outside_class']:.2f}",
         )
     console.print(table)
+    console.print(f"results: {out / 'results.json'}")
     return report

@@ -24,37 +24,14 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from feature_splat.bench.config import RasterBenchConfig
 from feature_splat.bench.scenes import BenchScene, raster_scene
 from feature_splat.io import write_json, write_png
+from feature_splat.io.outputs import prepare_output
 from feature_splat.rasterizer import project, rasterize
 from feature_splat.rasterizer.gsplat_backend import gsplat_available
 from feature_splat.rasterizer.reference import tile_intersections
 from feature_splat.visualize import depth_rgb, pca_rgb
-
-
-@dataclass
-class RasterBenchConfig:
-    """Options of ``feature-splat bench raster``."""
-
-    quick: bool = False
-    """Small grid (N 10k/50k, D 3/16, 256x256, 3 repeats): about a minute."""
-    out: Path = Path("outputs/bench_raster")
-    """Folder for results.json and the PNGs of the rendered scene."""
-    ns: tuple[int, ...] = (10_000, 50_000, 200_000)
-    dims: tuple[int, ...] = (3, 16, 32, 512)
-    sizes: tuple[int, ...] = (256, 512)
-    backends: tuple[str, ...] = ()
-    """Backends to time (default: every one that can run here)."""
-    repeats: int = 5
-    threads: int = 2
-    reference_max_pairs: float = 1.5e8
-    """Skip ``reference`` where pixel x Gaussian pairs exceed this (its autograd graph would need
-    tens of GB); the skip is recorded in the results."""
-
-    def grid(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
-        if self.quick:
-            return (10_000, 50_000), (3, 16), (256,), 3
-        return self.ns, self.dims, self.sizes, self.repeats
 
 
 @dataclass
@@ -187,6 +164,7 @@ def available_backends() -> list[str]:
 def run_raster_bench(config: RasterBenchConfig, console: Console | None = None) -> dict[str, Any]:
     """Run the benchmark grid; prints a table, writes ``results.json`` and PNGs to ``config.out``."""
     console = console or Console()
+    out = prepare_output(config.out, "bench-raster")
     torch.set_num_threads(config.threads)
     ns, dims, sizes, repeats = config.grid()
     backends = list(config.backends) or available_backends()
@@ -235,11 +213,10 @@ def run_raster_bench(config: RasterBenchConfig, console: Console | None = None) 
         },
         "results": [asdict(m) for m in results],
     }
-    config.out.mkdir(parents=True, exist_ok=True)
-    write_json(config.out / "results.json", report)
-    _write_pngs(config.out, raster_scene(ns[0], max(dims), sizes[0]))
+    write_json(out / "results.json", report)
+    _write_pngs(out, raster_scene(ns[0], max(dims), sizes[0]))
     console.print(_table(results))
-    console.print(f"results: {config.out / 'results.json'}")
+    console.print(f"results: {out / 'results.json'}")
     return report
 
 

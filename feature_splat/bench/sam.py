@@ -13,27 +13,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
+from feature_splat.bench.config import SamBenchConfig
 from feature_splat.io import write_json
-
-
-@dataclass
-class SamBenchConfig:
-    """Options of ``feature-splat bench sam``."""
-
-    world: str = "tabletop"
-    width: int = 128
-    height: int = 96
-    iterations: int = 600
-    feature_dim: int = 32
-    out: Path = Path("outputs/bench_sam")
-    time_vit_b: bool = True
-    """Also time a full-size ViT-B image encoder at 1024 px (random weights)."""
+from feature_splat.io.checkpoints import write_checkpoint
+from feature_splat.io.outputs import prepare_output
 
 
 def _median_seconds(fn, repeats: int = 5) -> float:
@@ -53,10 +42,11 @@ def run_sam_bench(config: SamBenchConfig, console: Console | None = None) -> dic
     from feature_splat.training.run import train
 
     console = console or Console()
-    config.out.mkdir(parents=True, exist_ok=True)
-    checkpoint = config.out / "sam_tiny_random.pth"
-    torch.save(SamTeacher.random("tiny").model.state_dict(), checkpoint)
-    run_dir = config.out / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = prepare_output(config.out, "bench-sam")
+    checkpoint = write_checkpoint(
+        out / "sam_tiny_random.pth", SamTeacher.random("tiny").model.state_dict()
+    )
+    run_dir = out / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
     base = TrainConfig(data=config.world)
     train_config = replace(
         base, out=run_dir, teacher="sam", teacher_model="tiny", teacher_checkpoint=checkpoint,

@@ -13,43 +13,32 @@ import multiprocessing
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from feature_splat.bench.config import SpeedupBenchConfig
 from feature_splat.bench.raster import PeakRSS
 from feature_splat.io import write_json
+from feature_splat.io.outputs import prepare_output
 from feature_splat.training.config import TrainConfig
-
-
-@dataclass
-class SpeedupBenchConfig:
-    """Options of ``feature-splat bench speedup``."""
-
-    world: str = "room"
-    feature_dims: tuple[int, ...] = (8, 16, 32, 128)
-    """F values trained with a linear decoder to the teacher's width."""
-    direct: bool = True
-    """Also train F = M (the teacher's width) rendered directly, with no decoder."""
-    iterations: int = 600
-    threads: int = 2
-    out: Path = Path("outputs/bench_speedup")
 
 
 def _run_case(train_config: TrainConfig, threads: int) -> dict[str, float]:
     """Train one configuration in this (fresh) process; returns its measurements."""
     from feature_splat.eval.heldout import evaluate_heldout
+    from feature_splat.io.feature_cache import encode_dataset
+    from feature_splat.run_folder import load_scene, make_teacher
     from feature_splat.teachers import grid_stride
-    from feature_splat.training.run import encode_views, load_scene, make_teacher
     from feature_splat.training.trainer import Trainer
 
     torch.set_num_threads(threads)
     dataset = load_scene(train_config)
     teacher = make_teacher(train_config, dataset)
-    maps = encode_views(teacher, dataset)
+    maps = encode_dataset(teacher, dataset.images)
     with PeakRSS() as peak:
         trainer = Trainer(train_config, dataset, maps, teacher.dim, grid_stride(teacher))
         times = []
@@ -75,6 +64,7 @@ def run_speedup_bench(
 ) -> dict[str, object]:
     """Train every configuration; prints a table and writes ``results.json``."""
     console = console or Console()
+    out = prepare_output(config.out, "bench-speedup")
     base = TrainConfig(data=config.world, iterations=config.iterations, checkpoint_every=10**9)
     cases = [(f"F={f} + linear decoder", replace(base, feature_dim=f)) for f in config.feature_dims]
     if config.direct:
@@ -105,7 +95,7 @@ def run_speedup_bench(
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "results": rows,
     }
-    write_json(config.out / "results.json", report)
+    write_json(out / "results.json", report)
     table = Table(
         title=f"speed-up decoder on '{config.world}' ({config.iterations} iterations, synthetic teacher)"
     )
@@ -118,5 +108,5 @@ def run_speedup_bench(
             f"{r['psnr']:.2f}", f"{r['gaussians']:,}",
         )  # fmt: skip
     console.print(table)
-    console.print(f"results: {config.out / 'results.json'}")
+    console.print(f"results: {out / 'results.json'}")
     return report

@@ -4,11 +4,16 @@ A model is ``cameras``, ``images`` and (optionally) ``points3D`` as ``.txt`` or 
 binary ones in COLMAP's little-endian layout. ``images`` holds world -> camera poses in OpenCV
 axes (quaternion QW QX QY QZ, translation TX TY TZ), which are our view matrices as they are.
 COLMAP's pixel centres sit at integer + 0.5, as ours do, so intrinsics carry over unchanged.
+
+Image ``NAME``s are read relative to the image folder; an absolute name or one that leaves the
+folder (``..``) is refused unless the loader is given ``allow_outside_paths=True``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import posixpath
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +21,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from feature_splat.cameras import Cameras, intrinsics
+from feature_splat.cameras import Cameras
 from feature_splat.data.dataset import Dataset
 from feature_splat.data.files import (
     background_color,
-    export_names,
+    check_pose,
+    dataset_path,
     holdout_split,
+    pinhole_intrinsics,
     prepare_export,
     read_rgb,
     stack_images,
@@ -29,6 +36,9 @@ from feature_splat.data.files import (
 )
 from feature_splat.errors import DatasetError
 from feature_splat.io.files import atomic_write_bytes, write_png
+from feature_splat.io.names import view_file_names
+
+_log = logging.getLogger(__name__)
 
 # Supported camera models: name -> (binary model id, parameter names). Any parameter other than
 # the focal lengths and principal point is a distortion coefficient and must be zero.
@@ -42,6 +52,7 @@ _MODELS = {
 _MODEL_BY_ID = {model_id: name for name, (model_id, _) in _MODELS.items()}
 _PINHOLE_PARAMETERS = ("f", "fx", "fy", "cx", "cy")
 _POSE_FIELDS = ("QW", "QX", "QY", "QZ", "TX", "TY", "TZ")
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 _SUPPORTED = "SIMPLE_PINHOLE, PINHOLE, or SIMPLE_RADIAL / RADIAL / OPENCV with zero distortion"
 
 
@@ -54,15 +65,22 @@ def find_colmap_model(path: Path) -> Path | None:
 
 
 def load_colmap(
-    path: str | Path, *, images_dir: str | Path | None = None, holdout_every: int = 8
+    path: str | Path,
+    *,
+    images_dir: str | Path | None = None,
+    holdout_every: int = 8,
+    allow_outside_paths: bool = False,
 ) -> Dataset:
     """Load a COLMAP model and its images.
 
     ``path`` is the scene folder holding ``sparse/0`` or ``sparse``, or the model folder itself;
     binary files are read when ``cameras.bin`` exists, else text. Images come from ``images_dir``
-    (default ``<scene>/images``). Views are sorted by image name; every ``holdout_every``-th view
-    (0, 8, 16, ...) is a test view. 3D points and their colours become ``points`` and
-    ``point_colors`` (None when the model has none).
+    (default ``<scene>/images``; any folder the caller names is allowed). Views are sorted by image
+    name; every ``holdout_every``-th view (0, 8, 16, ...) is a test view (0: none, with a logged
+    warning). 3D points and their colours become ``points`` and ``point_colors`` (None when the
+    model has none). Every number must be finite, focal lengths > 0, image ids and names unique.
+    An image ``NAME`` that is absolute or leaves the image folder (``..``) raises a DatasetError
+    unless ``allow_outside_paths``.
     """
     path = Path(path)
     model = find_colmap_model(path)
@@ -84,23 +102,31 @@ def load_colmap(
     binary = (model / "cameras.bin").is_file()
     ext = ".bin" if binary else ".txt"
     cameras = (_read_cameras_binary if binary else _read_cameras_text)(model / f"cameras{ext}")
-    views = (_read_images_binary if binary else _read_images_text)(model / f"images{ext}")
+    images_file = model / f"images{ext}"
+    views = (_read_images_binary if binary else _read_images_text)(images_file)
     if not views:
         raise DatasetError(f"images{ext}: expected at least one image, found none")
+    _refuse_repeated_images(views)
+    views.sort(key=lambda view: view.name)
+    files = [
+        dataset_path(
+            image_folder, view.name, f"{view.where}: NAME", allow_outside_paths, "the image folder"
+        )
+        for view in views
+    ]
     points_file = model / f"points3D{ext}"
     points, colors = None, None
     if points_file.is_file():
         points, colors = (_read_points_binary if binary else _read_points_text)(points_file)
 
-    views.sort(key=lambda view: view.name)
     images, wheres, Ks = [], [], []
     background = background_color((1.0, 1.0, 1.0))
-    for view in views:
+    for view, file in zip(views, files, strict=True):
         camera = cameras.get(view.camera_id)
         if camera is None:
             raise DatasetError(f"{view.where}: CAMERA_ID {view.camera_id} is not in cameras{ext}")
-        where = f"{view.where}: {image_folder / view.name}"
-        image = read_rgb(image_folder / view.name, background, where)
+        where = f"{view.where}: {file}"
+        image = read_rgb(file, background, where)
         if image.shape[:2] != (camera.height, camera.width):
             raise DatasetError(
                 f"{where} is {image.shape[1]}x{image.shape[0]}, but camera {view.camera_id} is "
@@ -111,6 +137,11 @@ def load_colmap(
         Ks.append(camera.K)
     stacked = stack_images(images, wheres)
     train, test = holdout_split(len(views), holdout_every)
+    if not test:
+        _log.warning(
+            "%s has no held-out views: evaluation will have nothing to score; use holdout_every",
+            images_file,
+        )
     return Dataset(
         images=stacked,
         cameras=Cameras(
@@ -139,7 +170,7 @@ def write_colmap_text(dataset: Dataset, out_dir: str | Path, *, overwrite: bool 
     out = Path(out_dir)
     model = out / "sparse" / "0"
     prepare_export(dataset, out, "sparse/0/cameras.txt", overwrite)
-    names = export_names(dataset)
+    names = view_file_names(dataset.image_names)
     viewmats, Ks = dataset.cameras.viewmats.double(), dataset.cameras.Ks.double()
     camera_lines = ["# CAMERA_ID MODEL WIDTH HEIGHT fx fy cx cy"]
     image_lines = ["# IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME, then a line of 2D points"]
@@ -178,10 +209,12 @@ class _Camera:
 
 @dataclass
 class _View:
+    image_id: int
     name: str  # image file name, relative to the image folder
     camera_id: int
     viewmat: Tensor  # [4, 4] float64, world -> camera, OpenCV axes
     where: str  # "images.txt: image 3 (name)", for error messages
+    record: str  # "images.txt: line 7" or "images.bin: record 2": where the record starts
 
 
 def _camera(model: str, width: int, height: int, params: list[float], where: str) -> _Camera:
@@ -194,6 +227,8 @@ def _camera(model: str, width: int, height: int, params: list[float], where: str
         )
     if width <= 0 or height <= 0:
         raise DatasetError(f"{where}: WIDTH, HEIGHT: expected positive sizes, got {width}x{height}")
+    if not all(math.isfinite(v) for v in params):
+        raise DatasetError(f"{where}: PARAMS: expected finite numbers, got {params}")
     values = dict(zip(names, params, strict=True))
     distortion = [f"{k}={v}" for k, v in values.items() if k not in _PINHOLE_PARAMETERS and v != 0]
     if distortion:
@@ -201,17 +236,25 @@ def _camera(model: str, width: int, height: int, params: list[float], where: str
             f"{where}: {model} distortion {', '.join(distortion)} is not zero; only "
             f"distortion-free pinhole cameras are supported"
         )
-    fx = values.get("fx", values.get("f"))
-    fy = values.get("fy", values.get("f"))
-    return _Camera(width, height, intrinsics(fx, fy, values["cx"], values["cy"], torch.float64))
+    fx, fy = ("fx", "fy") if "fx" in values else ("f", "f")
+    wheres = [f"{where}: {name}" for name in (fx, fy, "cx", "cy")]
+    K = pinhole_intrinsics(values[fx], values[fy], values["cx"], values["cy"], wheres)
+    return _Camera(width, height, K)
 
 
 def _viewmat(quaternion: tuple[float, ...], translation: tuple[float, ...], where: str) -> Tensor:
     """World -> camera matrix [4, 4] from a rotation quaternion (w, x, y, z) and a translation."""
-    norm = math.sqrt(sum(q * q for q in quaternion))
-    if not norm > 1e-12:
+    if not all(math.isfinite(v) for v in (*quaternion, *translation)):
+        raise DatasetError(
+            f"{where}: {' '.join(_POSE_FIELDS)}: expected finite numbers, "
+            f"got {' '.join(str(v) for v in (*quaternion, *translation))}"
+        )
+    largest = max(abs(q) for q in quaternion)  # scaled first, so that squaring cannot overflow
+    if largest == 0:
         raise DatasetError(f"{where}: QW QX QY QZ: expected a rotation quaternion, got all zeros")
-    w, x, y, z = (q / norm for q in quaternion)
+    scaled = [q / largest for q in quaternion]
+    norm = math.sqrt(sum(q * q for q in scaled))
+    w, x, y, z = (q / norm for q in scaled)
     viewmat = torch.eye(4, dtype=torch.float64)
     viewmat[:3, :3] = torch.tensor(
         [
@@ -222,7 +265,22 @@ def _viewmat(quaternion: tuple[float, ...], translation: tuple[float, ...], wher
         dtype=torch.float64,
     )
     viewmat[:3, 3] = torch.tensor(translation, dtype=torch.float64)
-    return viewmat
+    return check_pose(viewmat, where)
+
+
+def _refuse_repeated_images(views: list[_View]) -> None:
+    """Refuse two image records with one IMAGE_ID, or with one NAME (after normalisation)."""
+    by_id: dict[int, _View] = {}
+    by_name: dict[str, _View] = {}
+    for view in views:
+        name = posixpath.normpath(view.name)
+        for key, seen, field in ((view.image_id, by_id, "IMAGE_ID"), (name, by_name, "NAME")):
+            if key in seen:
+                raise DatasetError(
+                    f"{view.record}: {field} {key!r} repeats {seen[key].record}; each image must "
+                    f"have its own IMAGE_ID and NAME"
+                )
+            seen[key] = view
 
 
 def _quaternion(rotation: Tensor) -> tuple[float, float, float, float]:
@@ -294,31 +352,53 @@ def _read_cameras_text(path: Path) -> dict[int, _Camera]:
     return cameras
 
 
+def _is_points_line(words: list[str]) -> bool:
+    """Whether ``words`` are a (possibly empty) line of 2D points: X Y POINT3D_ID triples."""
+    if len(words) % 3:
+        return False
+    try:
+        for k, word in enumerate(words):
+            (int if k % 3 == 2 else float)(word)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_images_text(path: Path) -> list[_View]:
-    """Image records; each image line is followed by a (possibly empty) line of 2D points."""
-    lines = _text_lines(path)
-    views = []
-    number = 0
-    while number < len(lines):
-        line = lines[number].strip()
-        number += 1
-        if not line or line.startswith("#"):
+    """Image records. COLMAP follows each with a line of 2D points, often blank; some writers
+    leave those lines out, so a line after a record is its points line only if it is blank or
+    holds X Y POINT3D_ID triples, and is the next record otherwise."""
+    views: list[_View] = []
+    after_record = False
+    for number, raw in enumerate(_text_lines(path), start=1):
+        line = raw.strip()
+        if line.startswith("#"):
             continue
-        where = f"{path.name}: line {number}"
-        words = line.split()
-        if len(words) < 10:
-            raise DatasetError(
-                f"{where}: expected IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME, got {line!r}"
-            )
-        image_id = int(_parse(words[0], int, where, "IMAGE_ID"))
-        pose = [_parse(w, float, where, f) for w, f in zip(words[1:8], _POSE_FIELDS, strict=True)]
-        camera_id = int(_parse(words[8], int, where, "CAMERA_ID"))
-        name = " ".join(words[9:])
-        image_where = f"{path.name}: image {image_id} ({name})"
-        viewmat = _viewmat(tuple(pose[:4]), tuple(pose[4:]), image_where)
-        views.append(_View(name, camera_id, viewmat, image_where))
-        number += 1  # skip the 2D points line
+        if after_record:
+            after_record = False
+            if _is_points_line(line.split()):
+                continue
+        if not line:
+            continue
+        views.append(_image_record(line, f"{path.name}: line {number}", path.name))
+        after_record = True
     return views
+
+
+def _image_record(line: str, record: str, filename: str) -> _View:
+    """One ``IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME`` line of ``images.txt``."""
+    words = line.split()
+    if len(words) < 10:
+        raise DatasetError(
+            f"{record}: expected IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME, got {line!r}"
+        )
+    image_id = int(_parse(words[0], int, record, "IMAGE_ID"))
+    pose = [_parse(w, float, record, f) for w, f in zip(words[1:8], _POSE_FIELDS, strict=True)]
+    camera_id = int(_parse(words[8], int, record, "CAMERA_ID"))
+    name = " ".join(words[9:])
+    where = f"{filename}: image {image_id} ({name})"
+    viewmat = _viewmat(tuple(pose[:4]), tuple(pose[4:]), where)
+    return _View(image_id, name, camera_id, viewmat, where, record)
 
 
 def _read_points_text(path: Path) -> tuple[Tensor | None, Tensor | None]:
@@ -328,16 +408,27 @@ def _read_points_text(path: Path) -> tuple[Tensor | None, Tensor | None]:
             raise DatasetError(
                 f"{where}: expected POINT3D_ID X Y Z R G B ERROR TRACK[], got {' '.join(words)!r}"
             )
-        xyz.append([_parse(w, float, where, f) for w, f in zip(words[1:4], "XYZ", strict=True)])
-        rgb.append([_parse(w, int, where, f) for w, f in zip(words[4:7], "RGB", strict=True)])
+        point = [_parse(w, float, where, f) for w, f in zip(words[1:4], "XYZ", strict=True)]
+        xyz.append(_point(point, where))
+        color = [_parse(w, int, where, f) for w, f in zip(words[4:7], "RGB", strict=True)]
+        rgb.append([min(max(c, 0), 255) for c in color])
     return _points(xyz, rgb)
+
+
+def _point(xyz: list[float], where: str) -> list[float]:
+    """``xyz``, after checking that float32 holds it (finite, no overflow)."""
+    if not all(abs(v) <= _FLOAT32_MAX for v in xyz):  # NaN fails too
+        raise DatasetError(
+            f"{where}: X Y Z: expected finite numbers within float32 range, got "
+            f"{' '.join(str(v) for v in xyz)}"
+        )
+    return xyz
 
 
 def _points(xyz: list, rgb: list) -> tuple[Tensor | None, Tensor | None]:
     if not xyz:
         return None, None
-    colors = torch.tensor(rgb, dtype=torch.float32).clamp(0, 255) / 255.0
-    return torch.tensor(xyz, dtype=torch.float32), colors
+    return torch.tensor(xyz, dtype=torch.float32), torch.tensor(rgb, dtype=torch.float32) / 255.0
 
 
 # ---- binary format ----
@@ -398,15 +489,14 @@ def _read_images_binary(path: Path) -> list[_View]:
     file = _BinaryFile(path)
     (count,) = file.read("Q", "number of images")
     views = []
-    for _ in range(count):
+    for k in range(count):
         image_id, *pose, camera_id = file.read("i7di", "image record")
         name = file.string(f"image {image_id} name")
         (num_points,) = file.read("Q", f"image {image_id} number of 2D points")
         file.skip(24 * num_points, f"image {image_id} 2D points")  # x, y: double; id: int64
         where = f"{path.name}: image {image_id} ({name})"
-        views.append(
-            _View(name, camera_id, _viewmat(tuple(pose[:4]), tuple(pose[4:]), where), where)
-        )
+        viewmat = _viewmat(tuple(pose[:4]), tuple(pose[4:]), where)
+        views.append(_View(image_id, name, camera_id, viewmat, where, f"{path.name}: record {k}"))
     return views
 
 
@@ -417,6 +507,6 @@ def _read_points_binary(path: Path) -> tuple[Tensor | None, Tensor | None]:
     for _ in range(count):
         point_id, x, y, z, r, g, b, _error, track_length = file.read("Q3d3BdQ", "point record")
         file.skip(8 * track_length, f"point {point_id} track")  # image id, 2D point index: int32
-        xyz.append([x, y, z])
+        xyz.append(_point([x, y, z], f"{path.name}: point {point_id}"))
         rgb.append([r, g, b])
     return _points(xyz, rgb)

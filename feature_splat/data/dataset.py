@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,7 +18,8 @@ class Dataset:
     """V posed images of one scene, all of one size.
 
     ``labels``, ``instances`` and ``depths`` are ground truth, known only for synthetic worlds;
-    ``class_names[k]`` names label ``k``.
+    ``class_names[k]`` names label ``k``. The split lists each view at most once, and no view
+    is both a train and a test view (a dataset may hold none out).
     """
 
     images: Tensor  # [V, H, W, 3] float32 in [0, 1]
@@ -61,6 +63,17 @@ class Dataset:
         bad = [i for i in [*self.train_indices, *self.test_indices] if not 0 <= i < v]
         if bad:
             raise InputShapeError(f"Dataset split: indices {bad[:5]} outside 0..{v - 1}")
+        for name in ("train_indices", "test_indices"):
+            indices = getattr(self, name)
+            if len(set(indices)) != len(indices):
+                repeated = sorted(i for i, n in Counter(indices).items() if n > 1)
+                raise InputShapeError(f"Dataset split: {name} repeats views {repeated[:5]}")
+        both = sorted(set(self.train_indices) & set(self.test_indices))
+        if both:
+            raise InputShapeError(
+                f"Dataset split: views {both[:5]} are in both train_indices and test_indices; "
+                f"held-out views must not be trained on"
+            )
 
     def __len__(self) -> int:
         return self.images.shape[0]

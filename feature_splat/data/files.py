@@ -1,12 +1,20 @@
-"""What the dataset formats share: reading JSON, images, masks and PLY points, and export checks.
+"""What the dataset formats share: reading JSON, images and masks; checking the paths, cameras and
+splits a dataset file declares; export preliminaries.
 
 The readers raise a DatasetError that names the file and the field at fault: callers pass
 ``where`` ("file: field" or "file: field: value", e.g. ``transforms.json: frames[3].file_path:
 images/a.png``) and it starts the message. The export preliminaries refuse to write into the
-folder a dataset was loaded from or over an existing export, and pick each view's file name.
+folder a dataset was loaded from or over an existing export.
+
+Paths a dataset may read (:func:`dataset_path`): a path written in a dataset file is read
+relative to the dataset folder (COLMAP image names: relative to the image folder). An absolute
+path, or a relative one that leaves the folder after lexical normalisation (``..``), is refused
+unless the caller passes ``allow_outside_paths=True``. The check looks at the text only, before any
+file is touched, so symbolic links inside the folder are followed as usual.
 
 Image names: each view is named by its image's path relative to the dataset folder, without the
-extension (``images/frame_0001``); exporters write a view under the last part of that name.
+extension (``images/frame_0001``); exporters write a view under a safe, unique file name made from
+the last part of that name (:func:`feature_splat.io.names.view_file_names`).
 """
 
 from __future__ import annotations
@@ -14,9 +22,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import posixpath
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -24,25 +33,28 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from feature_splat.cameras import Cameras
+from feature_splat.cameras import Cameras, intrinsics
 from feature_splat.data.dataset import Dataset
-from feature_splat.errors import DatasetError, InputShapeError
+from feature_splat.errors import ConfigError, DatasetError, InputShapeError
 from feature_splat.io.files import atomic_write_bytes
 
-# PLY property type -> numpy type code (without byte order).
-_PLY_TYPES = {
-    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
-    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
-    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+# How far a pose's rotation part may be from orthonormal: max |R^T R - I|.
+ROTATION_TOLERANCE = 1e-3
+# Image modes read as 8-bit (PIL mode -> the mode converted to), and the 16-bit greyscale modes.
+_EIGHT_BIT_MODES = {
+    "1": "L", "L": "L", "LA": "LA", "P": "RGB", "PA": "RGBA",
+    "RGB": "RGB", "RGBA": "RGBA", "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB",
 }  # fmt: skip
-_PLY_BYTE_ORDERS = {"ascii": "", "binary_little_endian": "<", "binary_big_endian": ">"}
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_SUPPORTED_IMAGES = (
+    "8-bit or 16-bit greyscale, greyscale + alpha, palette, RGB, RGBA, CMYK or YCbCr pixels"
+)
 
 
 def holdout_split(count: int, holdout_every: int) -> tuple[list[int], list[int]]:
     """Train and test indices: views 0, n, 2n, ... (n = ``holdout_every``) test; 0 holds none out."""
     if holdout_every < 0:
-        raise ValueError(f"holdout_every: expected 0 or more, got {holdout_every}")
+        raise ConfigError(f"holdout_every: expected 0 or more, got {holdout_every}")
     test = list(range(0, count, holdout_every)) if holdout_every > 0 else []
     held_out = set(test)
     return [i for i in range(count) if i not in held_out], test
@@ -67,6 +79,8 @@ def read_json(path: Path) -> dict[str, Any]:
         raise DatasetError(
             f"{path.name}: invalid JSON (line {error.lineno}, column {error.colno}): {error.msg}"
         ) from None
+    except (ValueError, RecursionError) as error:  # a number too long, nesting too deep
+        raise DatasetError(f"{path.name}: invalid JSON ({error})") from None
     if not isinstance(data, dict):
         raise DatasetError(
             f"{path.name}: expected a JSON object at the top level, got {shown(data)}"
@@ -75,7 +89,12 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond the float range
+        return False
 
 
 def shown(value: Any) -> str:
@@ -108,8 +127,95 @@ def path_field(obj: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def dataset_path(
+    folder: Path,
+    value: str,
+    where: str,
+    allow_outside_paths: bool,
+    folder_kind: str = "the dataset folder",
+) -> Path:
+    """``folder / value`` for a path ``value`` that a dataset file names at ``where``.
+
+    An absolute path, or a relative one that leaves ``folder`` after lexical normalisation
+    (``..``), raises a DatasetError unless ``allow_outside_paths``. Nothing is looked up on disk
+    first, so the message reads the same whether that file exists or not. Backslashes count as
+    separators and drive letters as absolute, so the verdict is the same on every system.
+    """
+    portable = value.replace("\\", "/")
+    normal = posixpath.normpath(portable)
+    absolute = portable.startswith("/") or bool(PureWindowsPath(value).drive)
+    if (absolute or normal == ".." or normal.startswith("../")) and not allow_outside_paths:
+        raise DatasetError(
+            f"{where}: {value!r} is outside {folder_kind} {folder} (absolute paths and '..' are "
+            f"refused; pass allow_outside_paths=True / --allow-outside-paths to read it)"
+        )
+    return folder / value
+
+
+def refuse_repeated_views(lists: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Refuse a view listed twice in one split list, or in two (trained on and held out).
+
+    ``lists`` holds (where, entries): ``where`` names the list (``transforms.json:
+    train_filenames``), the entries are normalised file paths.
+    """
+    first: dict[str, tuple[int, int]] = {}
+    for n, (where, entries) in enumerate(lists):
+        for k, entry in enumerate(entries):
+            if entry not in first:
+                first[entry] = (n, k)
+                continue
+            m, j = first[entry]
+            if m == n:
+                raise DatasetError(
+                    f"{where}[{k}]: {entry!r} is listed twice (also {where}[{j}]); list each "
+                    f"view once"
+                )
+            raise DatasetError(
+                f"{where}[{k}]: {entry!r} is also in {lists[m][0]}[{j}]; a view cannot be both "
+                f"trained on and held out"
+            )
+
+
+def pinhole_intrinsics(fx: float, fy: float, cx: float, cy: float, wheres: Sequence[str]) -> Tensor:
+    """Intrinsics [3, 3] float64, after checking that the focal lengths are finite and > 0 and
+    the principal point is finite; ``wheres`` names fx, fy, cx, cy in the error."""
+    for value, where, focal in zip(
+        (fx, fy, cx, cy), wheres, (True, True, False, False), strict=True
+    ):
+        if not math.isfinite(value):
+            raise DatasetError(f"{where}: expected a finite number, got {value}")
+        if focal and value <= 0:
+            raise DatasetError(f"{where}: expected a focal length > 0 (pixels), got {value:g}")
+    return intrinsics(fx, fy, cx, cy, dtype=torch.float64)
+
+
+def check_pose(matrix: Tensor, where: str) -> Tensor:
+    """``matrix`` [4, 4] (camera -> world or world -> camera), after checking it is a rigid pose:
+    finite, its rotation part orthonormal (max |R^T R - I| <= ROTATION_TOLERANCE, so neither
+    scaled nor sheared) with a positive determinant (no reflection), its last row 0 0 0 1."""
+    if not torch.isfinite(matrix).all():
+        raise DatasetError(f"{where}: expected finite numbers, got {matrix.tolist()}")
+    rotation = matrix[:3, :3]
+    error = (rotation.T @ rotation - torch.eye(3, dtype=matrix.dtype)).abs().max().item()
+    if not error <= ROTATION_TOLERANCE:  # NaN (from overflow) fails too
+        raise DatasetError(
+            f"{where}: the rotation part is scaled or sheared (R^T R differs from I by "
+            f"{error:.2g}); expected a rigid camera pose"
+        )
+    determinant = torch.linalg.det(rotation).item()
+    if determinant <= 0:
+        raise DatasetError(
+            f"{where}: the rotation part is a reflection (determinant {determinant:.3g}); "
+            f"expected a proper rotation (determinant +1)"
+        )
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=matrix.dtype)
+    if not torch.equal(matrix[3], bottom):
+        raise DatasetError(f"{where}: the last row is {matrix[3].tolist()}; expected [0, 0, 0, 1]")
+    return matrix
+
+
 def read_camtoworld(value: Any, where: str) -> Tensor:
-    """A camera -> world matrix [4, 4] float64 from a JSON list of 4 rows of 4 numbers."""
+    """A rigid camera -> world matrix [4, 4] float64 from a JSON list of 4 rows of 4 numbers."""
     expected = "expected a 4x4 list of numbers"
     if value is None:
         raise DatasetError(f"{where}: missing, {expected}")
@@ -120,10 +226,8 @@ def read_camtoworld(value: Any, where: str) -> Tensor:
     for r, row in enumerate(value):
         if not isinstance(row, list) or len(row) != 4 or not all(_is_number(x) for x in row):
             raise DatasetError(f"{where}: {expected}, but row {r} is {shown(row)}")
-    matrix = torch.tensor(value, dtype=torch.float64)
-    if abs(torch.linalg.det(matrix[:3, :3]).item()) < 1e-12:
-        raise DatasetError(f"{where}: the rotation part is singular (not a camera pose)")
-    return matrix
+    matrix = torch.tensor([[float(x) for x in row] for row in value], dtype=torch.float64)
+    return check_pose(matrix, where)
 
 
 def background_color(background: Sequence[float]) -> Tensor:
@@ -134,36 +238,64 @@ def background_color(background: Sequence[float]) -> Tensor:
     return color
 
 
-def read_rgb(path: Path, background: Tensor, where: str) -> Tensor:
-    """An image as [H, W, 3] float32 in [0, 1], transparent pixels composited over ``background``.
-
-    ``where`` ("file: field: value") starts the error message when the image is missing or unreadable.
-    """
-    if not path.is_file():
+def _read_pixels(path: Path, where: str) -> np.ndarray:
+    """The pixels of an image file as float32 [H, W, C] in [0, 1], C = 1 (grey), 2 (grey, alpha),
+    3 (RGB) or 4 (RGBA). 16-bit greyscale is scaled by 1 / 65535, everything else by 1 / 255."""
+    if not os.path.isfile(path):
         raise DatasetError(f"{where} does not exist")
     try:
         with Image.open(path) as image:
-            has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-            pixels = np.asarray(image.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32)
-    except (OSError, ValueError) as error:
+            image.load()
+            mode = image.mode
+            if mode in _SIXTEEN_BIT_MODES:
+                pixels = np.array(image)
+            elif mode in _EIGHT_BIT_MODES:
+                # A transparent colour key (PNG tRNS) becomes an alpha channel.
+                target = "RGBA" if "transparency" in image.info else _EIGHT_BIT_MODES[mode]
+                pixels = np.asarray(image.convert(target))
+            else:
+                pixels = None
+    except Exception as error:  # Pillow raises many types on corrupt files
         raise DatasetError(f"{where} could not be read as an image ({error})") from None
-    pixels = torch.from_numpy(pixels / 255.0)
-    if not has_alpha:
-        return pixels
-    alpha = pixels[..., 3:]
-    return pixels[..., :3] * alpha + background * (1.0 - alpha)
+    if pixels is None:
+        raise DatasetError(
+            f"{where}: image mode {mode!r} is not supported; expected {_SUPPORTED_IMAGES}"
+        )
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if mode not in _SIXTEEN_BIT_MODES:
+        return pixels.astype(np.float32) / 255.0
+    if pixels.size and not 0 <= pixels.min() <= pixels.max() <= 65535:
+        raise DatasetError(
+            f"{where}: {mode} pixels range from {pixels.min()} to {pixels.max()}; expected "
+            f"16-bit values 0..65535"
+        )
+    return pixels.astype(np.float32) / 65535.0
+
+
+def read_rgb(path: Path, background: Tensor, where: str) -> Tensor:
+    """An image as [H, W, 3] float32 in [0, 1], greyscale replicated to three channels and
+    transparent pixels composited over ``background``.
+
+    ``where`` ("file: field: value") starts the error message when the image is missing,
+    unreadable or of an unsupported mode (e.g. 32-bit float).
+    """
+    pixels = torch.from_numpy(_read_pixels(path, where))
+    channels = pixels.shape[-1]
+    color = pixels[..., : 3 if channels >= 3 else 1].expand(*pixels.shape[:2], 3)
+    if channels in (1, 3):
+        return color.contiguous()
+    alpha = pixels[..., -1:]
+    return color * alpha + background * (1.0 - alpha)
 
 
 def read_mask(path: Path, where: str) -> Tensor:
-    """A grey mask image as [H, W] bool, True (valid) where its value is above 0.5."""
-    if not path.is_file():
-        raise DatasetError(f"{where} does not exist")
-    try:
-        with Image.open(path) as image:
-            grey = np.asarray(image.convert("L"), dtype=np.float32)
-    except (OSError, ValueError) as error:
-        raise DatasetError(f"{where} could not be read as an image ({error})") from None
-    return torch.from_numpy(grey / 255.0 > 0.5)
+    """A mask image as [H, W] bool, True (valid) where its grey value (the luma of colour
+    images, alpha ignored) is above half the full scale: 0.5 of 255 or of 65535."""
+    pixels = torch.from_numpy(_read_pixels(path, where))
+    if pixels.shape[-1] < 3:
+        return pixels[..., 0] > 0.5
+    return pixels[..., :3] @ torch.tensor([0.299, 0.587, 0.114]) > 0.5  # ITU-R 601, as Pillow
 
 
 def stack_images(images: list[Tensor], wheres: list[str]) -> Tensor:
@@ -176,82 +308,6 @@ def stack_images(images: list[Tensor], wheres: list[str]) -> Tensor:
                 f"{width}x{height}; all images must share one size"
             )
     return torch.stack(images)
-
-
-def read_ply_points(path: Path, where: str) -> tuple[Tensor, Tensor | None]:
-    """Vertex positions [P, 3] float32 from a PLY file, with colours [P, 3] in [0, 1] when it has
-    ``red``, ``green``, ``blue`` (0-255) properties. The vertex element must come first."""
-    if not path.is_file():
-        raise DatasetError(f"{where} does not exist")
-    data = path.read_bytes()
-    end = data.find(b"end_header")
-    body = data.find(b"\n", end) + 1
-    if not data.startswith(b"ply") or end < 0 or body == 0:
-        raise DatasetError(f"{where}: not a PLY file (no 'ply' ... 'end_header' header)")
-    byte_order, count, properties = None, None, []
-    for line in data[:end].decode("ascii", errors="replace").splitlines()[1:]:
-        words = line.split()
-        if not words or words[0] in ("comment", "obj_info"):
-            continue
-        try:
-            if words[0] == "format":
-                byte_order = _PLY_BYTE_ORDERS[words[1]]
-            elif words[0] == "element" and count is None:
-                if words[1] != "vertex":
-                    raise DatasetError(f"{where}: expected 'element vertex' first, got {line!r}")
-                count = int(words[2])
-            elif words[0] == "element":
-                break  # elements after the vertices are not needed
-            elif words[0] == "property" and count is not None:
-                properties.append((words[-1], _PLY_TYPES[words[1]]))
-        except (IndexError, KeyError, ValueError):
-            raise DatasetError(
-                f"{where}: unsupported or malformed PLY header line {line!r}"
-            ) from None
-    names = [name for name, _ in properties]
-    if byte_order is None or count is None or not {"x", "y", "z"} <= set(names):
-        raise DatasetError(f"{where}: expected a 'format' line and a vertex element with x, y, z")
-    if byte_order == "":
-        tokens = data[body:].decode("ascii", errors="replace").split()[: count * len(names)]
-        try:
-            table = np.array(tokens, dtype=np.float64).reshape(count, len(names))
-        except ValueError:
-            raise DatasetError(
-                f"{where}: expected {count} vertex lines of {len(names)} numbers"
-            ) from None
-        columns = {name: table[:, k] for k, name in enumerate(names)}
-    else:
-        dtype = np.dtype([(name, byte_order + code) for name, code in properties])
-        if len(data) - body < count * dtype.itemsize:
-            raise DatasetError(f"{where}: file is truncated (expected {count} vertices)")
-        table = np.frombuffer(data, dtype=dtype, count=count, offset=body)
-        columns = {name: table[name] for name in names}
-    points = np.stack([columns[axis] for axis in "xyz"], axis=-1).astype(np.float32)
-    if not {"red", "green", "blue"} <= set(names):
-        return torch.from_numpy(points), None
-    colors = np.stack([columns[c] for c in ("red", "green", "blue")], axis=-1).astype(np.float32)
-    return torch.from_numpy(points), torch.from_numpy(colors / 255.0)
-
-
-def ply_bytes(points: Tensor, colors: Tensor | None) -> bytes:
-    """A binary little-endian PLY of points [P, 3], with colours [P, 3] in [0, 1] when given."""
-    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
-    if colors is not None:
-        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    table = np.empty(points.shape[0], dtype=fields)
-    xyz = points.detach().cpu().float().numpy()
-    table["x"], table["y"], table["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    if colors is not None:
-        rgb = (colors.detach().cpu().float().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        table["red"], table["green"], table["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    header = [
-        "ply",
-        "format binary_little_endian 1.0",
-        f"element vertex {points.shape[0]}",
-        *(f"property {'float' if code == '<f4' else 'uchar'} {name}" for name, code in fields),
-        "end_header",
-    ]
-    return ("\n".join(header) + "\n").encode("ascii") + table.tobytes()
 
 
 def write_mask_png(path: Path, mask: Tensor) -> Path:
@@ -272,24 +328,6 @@ def prepare_export(dataset: Dataset, out: Path, marker: str, overwrite: bool) ->
         )
     if (out / marker).exists() and not overwrite:
         raise DatasetError(f"{out / marker}: already exists; pass overwrite=True to replace it")
-
-
-def export_names(dataset: Dataset) -> list[str]:
-    """The file name (no extension) each view is exported under: the last part of its name."""
-    names = [PurePosixPath(name).name for name in dataset.image_names]
-    first_with: dict[str, int] = {}
-    for i, name in enumerate(names):
-        if name in ("", ".", ".."):
-            raise DatasetError(
-                f"Dataset.image_names[{i}]: {dataset.image_names[i]!r} cannot name a file"
-            )
-        if name in first_with:
-            raise DatasetError(
-                f"Dataset.image_names[{i}]: {dataset.image_names[i]!r} would be exported as "
-                f"{name!r} like view {first_with[name]}; exported names must be unique"
-            )
-        first_with[name] = i
-    return names
 
 
 def opengl_camtoworlds(cameras: Cameras) -> Tensor:

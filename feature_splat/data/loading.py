@@ -14,14 +14,19 @@ from feature_splat.errors import DatasetError
 _BLENDER_FILES = ("transforms_train.json", "transforms_val.json", "transforms_test.json")
 
 
-def load_dataset(path: str | Path, **kwargs: Any) -> Dataset:
+def load_dataset(path: str | Path, *, allow_outside_paths: bool = False, **kwargs: Any) -> Dataset:
     """Load the nerfstudio, Blender or COLMAP dataset at ``path`` (a folder or its JSON file).
 
     ``transforms.json`` means nerfstudio, ``transforms_train.json`` Blender, and ``cameras.txt`` or
     ``cameras.bin`` in the folder, ``sparse/0`` or ``sparse`` COLMAP. ``kwargs`` go to the loader:
     :func:`load_nerfstudio`, :func:`load_blender` or :func:`load_colmap`.
+
+    Paths inside the dataset's files are read relative to the dataset folder (COLMAP image names:
+    relative to the image folder); absolute paths and paths that leave the folder (``..``) raise a
+    DatasetError unless ``allow_outside_paths``.
     """
     path = Path(path)
+    kwargs["allow_outside_paths"] = allow_outside_paths
     if not path.exists():
         raise DatasetError(f"{path}: does not exist")
     if path.is_file():

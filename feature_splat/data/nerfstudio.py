@@ -1,11 +1,13 @@
 """Read and write nerfstudio ``transforms.json`` datasets with distortion-free pinhole cameras.
 
 Image names: each view is named by its image's path relative to the dataset folder, without the
-extension (``images/frame_0001``); exporters write a view under the last part of that name.
+extension (``images/frame_0001``); exporters write a view under a safe, unique file name made from
+the last part of that name.
 """
 
 from __future__ import annotations
 
+import logging
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,31 +17,34 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from feature_splat.cameras import Cameras, intrinsics
+from feature_splat.cameras import Cameras
 from feature_splat.data.dataset import Dataset
 from feature_splat.data.files import (
     as_number,
     as_pixels,
     background_color,
-    export_names,
+    dataset_path,
     holdout_split,
     opengl_camtoworlds,
     path_field,
-    ply_bytes,
+    pinhole_intrinsics,
     prepare_export,
     read_camtoworld,
     read_json,
     read_mask,
-    read_ply_points,
     read_rgb,
+    refuse_repeated_views,
     shown,
     stack_images,
     view_name,
     write_mask_png,
 )
 from feature_splat.errors import DatasetError
-from feature_splat.io.files import atomic_write_bytes, write_json, write_png
+from feature_splat.io.files import write_json, write_png
+from feature_splat.io.names import view_file_names
+from feature_splat.io.ply import read_ply_points, write_ply_points
 
+_log = logging.getLogger(__name__)
 _PINHOLE_MODELS = ("PINHOLE", "OPENCV")
 _DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 
@@ -49,15 +54,23 @@ def load_nerfstudio(
     *,
     background: Sequence[float] = (1.0, 1.0, 1.0),
     holdout_every: int = 8,
+    allow_outside_paths: bool = False,
 ) -> Dataset:
     """Load a nerfstudio dataset from its ``transforms.json`` or the folder holding it.
 
     Intrinsics ``fl_x, fl_y, cx, cy, w, h`` may be given per frame or at the top level (per frame
-    wins); distortion must be absent or zero. Views keep the order of ``frames``. The split comes
-    from ``train_filenames`` and ``test_filenames`` (or ``val_filenames``) when given, else every
-    ``holdout_every``-th view (0, 8, 16, ...) is a test view. RGBA images are composited over
-    ``background``; ``mask_path`` masks are grey PNGs (> 0.5 = valid); ``ply_file_path`` points
-    are read when given.
+    wins); focal lengths must be > 0 and distortion absent or zero; ``transform_matrix`` must be
+    a rigid camera -> world pose (no scale, shear or reflection). Views keep the order of
+    ``frames``. The split comes from ``train_filenames`` and ``test_filenames`` (or
+    ``val_filenames``) when given (no view twice, none in both), else every ``holdout_every``-th
+    view (0, 8, 16, ...) is a test view; a split without test views logs a warning. RGBA images
+    are composited over ``background``, greyscale (8- or 16-bit) replicated to RGB;
+    ``mask_path`` masks are grey images (> half the full scale = valid); ``ply_file_path``
+    points are read when given.
+
+    ``file_path``, ``mask_path`` and ``ply_file_path`` are read relative to the folder of
+    ``transforms.json``. Absolute paths and paths that leave that folder (``..``) raise a
+    DatasetError unless ``allow_outside_paths`` (nerfstudio itself reads them).
     """
     json_path = Path(path)
     if json_path.is_dir():
@@ -66,21 +79,34 @@ def load_nerfstudio(
     source, root = json_path.name, json_path.parent
     color = background_color(background)
 
+    def inside(value: str, where: str) -> Path:
+        return dataset_path(root, value, where, allow_outside_paths)
+
     model = meta.get("camera_model", "PINHOLE")
     if model not in _PINHOLE_MODELS:
         raise DatasetError(
-            f"{source}: camera_model: {model!r} is not supported; only distortion-free pinhole "
-            f"cameras are (PINHOLE, or OPENCV with zero distortion)"
+            f"{source}: camera_model: {repr(model)[:80]} is not supported; only distortion-free "
+            f"pinhole cameras are (PINHOLE, or OPENCV with zero distortion)"
         )
     frames = meta.get("frames")
     if not isinstance(frames, list) or not frames:
         raise DatasetError(f"{source}: frames: expected a non-empty list, got {shown(frames)}")
     views = [_parse_frame(meta, frame, index, source) for index, frame in enumerate(frames)]
+    train, test = _split(meta, [view.file_path for view in views], source, holdout_every)
+    ply_file = None
+    if "ply_file_path" in meta:
+        ply_path = meta["ply_file_path"]
+        if not isinstance(ply_path, str) or not ply_path:
+            raise DatasetError(
+                f"{source}: ply_file_path: expected a file path, got {shown(ply_path)}"
+            )
+        ply_file = (inside(ply_path, f"{source}: ply_file_path"), ply_path)
 
     images, masks, wheres = [], [], []
     for view in views:
-        where = f"{source}: frames[{view.index}].file_path: {view.file_path}"
-        image = read_rgb(root / view.file_path, color, where)
+        field = f"{source}: frames[{view.index}].file_path"
+        where = f"{field}: {view.file_path}"
+        image = read_rgb(inside(view.file_path, field), color, where)
         if image.shape[:2] != (view.height, view.width):
             raise DatasetError(
                 f"{where} is {image.shape[1]}x{image.shape[0]}, but its w, h say "
@@ -89,8 +115,9 @@ def load_nerfstudio(
         images.append(image)
         wheres.append(where)
         if view.mask_path is not None:
-            mask_where = f"{source}: frames[{view.index}].mask_path: {view.mask_path}"
-            mask = read_mask(root / view.mask_path, mask_where)
+            mask_field = f"{source}: frames[{view.index}].mask_path"
+            mask_where = f"{mask_field}: {view.mask_path}"
+            mask = read_mask(inside(view.mask_path, mask_field), mask_where)
             if mask.shape != image.shape[:2]:
                 raise DatasetError(
                     f"{mask_where} is {mask.shape[1]}x{mask.shape[0]}, but its image is "
@@ -109,16 +136,16 @@ def load_nerfstudio(
         height,
         convention="opengl",
     )
-    train, test = _split(meta, [view.file_path for view in views], source, holdout_every)
     points, point_colors = None, None
-    if "ply_file_path" in meta:
-        ply_path = meta["ply_file_path"]
-        if not isinstance(ply_path, str) or not ply_path:
-            raise DatasetError(
-                f"{source}: ply_file_path: expected a file path, got {shown(ply_path)}"
-            )
+    if ply_file is not None:
         points, point_colors = read_ply_points(
-            root / ply_path, f"{source}: ply_file_path: {ply_path}"
+            ply_file[0], f"{source}: ply_file_path: {ply_file[1]}"
+        )
+    if not test:
+        _log.warning(
+            "%s has no held-out views: evaluation will have nothing to score; add "
+            "test_filenames or use holdout_every",
+            json_path,
         )
     return Dataset(
         images=stacked,
@@ -138,12 +165,13 @@ def export_nerfstudio(dataset: Dataset, out_dir: str | Path, *, overwrite: bool 
 
     Writes ``images/<name>.png``, ``masks/<name>.png`` (when the dataset has masks),
     ``points3D.ply`` (when it has points) and ``transforms.json`` with per-frame intrinsics,
-    OpenGL camera-to-world matrices and ``train_filenames`` / ``test_filenames``. Refuses a
-    folder that already holds a ``transforms.json`` unless ``overwrite``.
+    OpenGL camera-to-world matrices and ``train_filenames`` / ``test_filenames``. ``<name>`` is
+    a safe, unique file name made from the view's name, so nothing lands outside ``out_dir``.
+    Refuses a folder that already holds a ``transforms.json`` unless ``overwrite``.
     """
     out = Path(out_dir)
     prepare_export(dataset, out, "transforms.json", overwrite)
-    names = export_names(dataset)
+    names = view_file_names(dataset.image_names)
     camtoworlds = opengl_camtoworlds(dataset.cameras)
     Ks = dataset.cameras.Ks.double()
     frames = []
@@ -170,7 +198,7 @@ def export_nerfstudio(dataset: Dataset, out_dir: str | Path, *, overwrite: bool 
         "test_filenames": [frames[i]["file_path"] for i in dataset.test_indices],
     }
     if dataset.points is not None:
-        atomic_write_bytes(out / "points3D.ply", ply_bytes(dataset.points, dataset.point_colors))
+        write_ply_points(out / "points3D.ply", dataset.points, dataset.point_colors)
         meta["ply_file_path"] = "points3D.ply"
     write_json(out / "transforms.json", meta)
     return out
@@ -207,7 +235,9 @@ def _parse_frame(meta: dict[str, Any], frame: Any, index: int, source: str) -> _
                 f"{field}: is {value}, but only distortion-free pinhole cameras are supported "
                 f"({', '.join(_DISTORTION_KEYS)} must be absent or 0)"
             )
-    fx, fy, cx, cy = (as_number(*lookup(key)) for key in ("fl_x", "fl_y", "cx", "cy"))
+    fields = [lookup(key) for key in ("fl_x", "fl_y", "cx", "cy")]
+    fx, fy, cx, cy = (as_number(*value_field) for value_field in fields)
+    K = pinhole_intrinsics(fx, fy, cx, cy, [field for _, field in fields])
     width, height = (as_pixels(*lookup(key)) for key in ("w", "h"))
     mask_path = frame.get("mask_path")
     if mask_path is not None and (not isinstance(mask_path, str) or not mask_path):
@@ -217,7 +247,7 @@ def _parse_frame(meta: dict[str, Any], frame: Any, index: int, source: str) -> _
         file_path=path_field(frame, "file_path", where),
         mask_path=mask_path,
         camtoworld=read_camtoworld(frame.get("transform_matrix"), f"{where}.transform_matrix"),
-        K=intrinsics(fx, fy, cx, cy, dtype=torch.float64),
+        K=K,
         width=width,
         height=height,
     )
@@ -226,13 +256,14 @@ def _parse_frame(meta: dict[str, Any], frame: Any, index: int, source: str) -> _
 def _split(
     meta: dict[str, Any], file_paths: list[str], source: str, holdout_every: int
 ) -> tuple[list[int], list[int]]:
-    """Train and test indices from the ``*_filenames`` lists, else every ``holdout_every``-th view."""
+    """Train and test indices from the ``*_filenames`` lists (each view at most once, none in
+    both), else every ``holdout_every``-th view."""
     if not any(f"{split}_filenames" in meta for split in ("train", "val", "test")):
         return holdout_split(len(file_paths), holdout_every)
     position = {posixpath.normpath(p): i for i, p in enumerate(file_paths)}
     has_val_only = "val_filenames" in meta and "test_filenames" not in meta
     test_key = "val_filenames" if has_val_only else "test_filenames"
-    indices = []
+    lists = []
     for key in ("train_filenames", test_key):
         names = meta.get(key)
         if not isinstance(names, list):
@@ -240,13 +271,15 @@ def _split(
                 f"{source}: {key}: expected a list of file paths (train_filenames and "
                 f"test_filenames or val_filenames go together), got {shown(names)}"
             )
-        found = []
+        entries = []
         for k, name in enumerate(names):
-            i = position.get(posixpath.normpath(name)) if isinstance(name, str) else None
-            if i is None:
+            entry = posixpath.normpath(name) if isinstance(name, str) else None
+            if entry not in position:
                 raise DatasetError(
-                    f"{source}: {key}[{k}]: {name!r} is not the file_path of any frame"
+                    f"{source}: {key}[{k}]: {shown(name)} is not the file_path of any frame"
                 )
-            found.append(i)
-        indices.append(found)
-    return indices[0], indices[1]
+            entries.append(entry)
+        lists.append((f"{source}: {key}", entries))
+    refuse_repeated_views(lists)
+    train, test = ([position[entry] for entry in entries] for _, entries in lists)
+    return train, test

@@ -13,7 +13,7 @@ import itertools
 
 from torch import Tensor, nn
 
-from feature_splat.errors import InputShapeError
+from feature_splat.errors import CheckpointError, InputShapeError
 
 
 class SpeedUpDecoder(nn.Module):
@@ -69,13 +69,28 @@ class SpeedUpDecoder(nn.Module):
         }
 
     @classmethod
-    def from_state(cls, config: dict, state: dict[str, Tensor]) -> SpeedUpDecoder:
-        """Rebuild a decoder saved with :meth:`config` and ``state_dict()``."""
-        decoder = cls(
-            int(config["in_dim"]),
-            int(config["out_dim"]),
-            tuple(config.get("hidden", ())),
-            bool(config.get("identity", False)),
-        )
-        decoder.load_state_dict(state)
-        return decoder
+    def from_state(cls, config: dict, state: dict[str, Tensor], source: str) -> SpeedUpDecoder:
+        """Rebuild a decoder saved with :meth:`config` and ``state_dict()`` (``source`` names the
+        file in errors). The config is checked against the stored tensors before anything is
+        allocated, and the weights must be finite."""
+        from feature_splat.io.checkpoints import build_checked
+
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{source}: decoder_config: expected a dict")
+        try:
+            args = (
+                int(config["in_dim"]),
+                int(config["out_dim"]),
+                tuple(int(w) for w in config.get("hidden", ())),
+                bool(config.get("identity", False)),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{source}: decoder_config: malformed ({err!r})") from None
+        layers = 0 if args[3] else len(args[2]) + 1
+        found = len(state) if isinstance(state, dict) else type(state).__name__
+        if found != 2 * layers:  # a weight and a bias per layer
+            raise CheckpointError(
+                f"{source}: decoder_state: expected {2 * layers} tensors for {layers} layers "
+                f"(decoder_config), got {found}"
+            )
+        return build_checked(lambda: cls(*args), state, source)

@@ -1,38 +1,32 @@
-"""``feature-splat query`` and ``feature-splat edit``: text prompts on a run folder, and edits of
-what they select, written as new files (the run folder's own files are never rewritten)."""
+"""``feature-splat query`` and ``feature-splat edit``: prompts on a run folder, and edits of what
+they select, written as new folders (the run folder's own files are never rewritten).
+
+Output folders follow :func:`~feature_splat.io.outputs.prepare_output`; file names come from
+:func:`~feature_splat.io.names.view_file_names` and prompts from
+:func:`~feature_splat.io.names.prompt_folder_name`, never from raw input text.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from feature_splat.edit.ops import delete, extract, recolour
-from feature_splat.errors import CheckpointError
+from feature_splat.errors import ConfigError
 from feature_splat.field import FeatureField
-from feature_splat.io import write_json, write_png
+from feature_splat.io import atomic_write_bytes, write_json, write_png
+from feature_splat.io.names import prompt_folder_name, view_file_names
+from feature_splat.io.outputs import prepare_output
+from feature_splat.options import check_choice, check_float, check_int, check_text
 from feature_splat.prompts import gaussian_scores, relevancy, segment_labels, select_by_masks
-from feature_splat.training.config import TrainConfig
-from feature_splat.training.run import CONFIG_NAME, load_scene, make_teacher
-from feature_splat.visualize import heat_rgb, label_rgb
+from feature_splat.run_folder import CONFIG_NAME, DATASET_NAME, EDIT_KIND, Run
+from feature_splat.visualize import heat_rgb, label_rgb, overlay_rgb
 
-
-def _load_run(run_dir: Path):
-    path = run_dir / CONFIG_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a run folder (no {CONFIG_NAME})")
-    config = TrainConfig.from_dict(json.loads(path.read_text()))
-    dataset = load_scene(config)
-    return config, dataset, make_teacher(config, dataset), FeatureField.load(run_dir)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "query"
+QUERY_KIND = "query"
+EDIT_OPS = ("delete", "extract", "recolour")
 
 
 @dataclass
@@ -43,20 +37,44 @@ class SamPrompt:
     point_labels: list[int] = dataclasses.field(default_factory=list)
     box: tuple[float, float, float, float] | None = None
 
+    def __post_init__(self) -> None:
+        if not self.points and self.box is None:
+            raise ConfigError("--point / --box: expected at least one point or a box")
+        if self.point_labels and len(self.point_labels) != len(self.points):
+            raise ConfigError(
+                f"--point-labels: expected one label per point ({len(self.points)}), "
+                f"got {len(self.point_labels)}"
+            )
+        for label in self.point_labels:
+            check_int(label, "point_labels", 0, 1)
+        for value in self.box or ():
+            check_float(value, "box")
 
-def _sam_best_mask(field_: FeatureField, dataset, teacher, view: int, prompt: SamPrompt):
+    @property
+    def labels(self) -> list[int]:
+        """The point labels, 1 (foreground) for every point when none were given."""
+        return self.point_labels or [1] * len(self.points)
+
+
+def _check_prompt(text: str, threshold: float) -> None:
+    check_text(text, "text")
+    check_float(threshold, "threshold", -1.0, 1.0)
+
+
+def _sam_best_mask(run: Run, view: int, prompt: SamPrompt) -> tuple[torch.Tensor, float]:
     """SAM's best-scoring mask [H, W] and its score on the field's rendered features of ``view``."""
     from feature_splat.prompts.sam import sam_masks
     from feature_splat.teachers import to_teacher_cells
 
-    render = field_.render(dataset.cameras[view])
+    if run.config.teacher != "sam":
+        raise ConfigError(f"{run.path}: point and box prompts need a field distilled from SAM")
+    dataset, teacher, field = run.dataset, run.teacher, run.field
+    render = field.render(dataset.cameras[view])
     cells = teacher.geometry(dataset.height, dataset.width).valid_cells
     pooled = to_teacher_cells(render.features[0].permute(2, 0, 1)[None], cells, None)[0]
-    embedding = field_.decode(pooled.permute(1, 2, 0)).permute(2, 0, 1)
+    embedding = field.decode(pooled.permute(1, 2, 0)).permute(2, 0, 1)
     points = torch.tensor(prompt.points, dtype=torch.float32) if prompt.points else None
-    labels = (
-        torch.tensor(prompt.point_labels or [1] * len(prompt.points)) if prompt.points else None
-    )
+    labels = torch.tensor(prompt.labels) if prompt.points else None
     box = torch.tensor(prompt.box, dtype=torch.float32) if prompt.box is not None else None
     masks, scores, _ = sam_masks(
         teacher, embedding, (dataset.height, dataset.width), points, labels, box
@@ -67,36 +85,37 @@ def _sam_best_mask(field_: FeatureField, dataset, teacher, view: int, prompt: Sa
 
 @torch.no_grad()
 def sam_prompt_run(
-    run_dir: Path, views: list[int], prompt: SamPrompt, out: Path | None = None
+    run_dir: Path,
+    views: list[int],
+    prompt: SamPrompt,
+    out: Path | None = None,
+    allow_torchscript: bool = False,
 ) -> dict[str, object]:
     """SAM point / box prompts on the rendered SAM features of a SAM-distilled run: the best of
-    SAM's masks per view, as PNG overlays and ``sam.json``."""
-    config, dataset, teacher, field_ = _load_run(run_dir)
-    _require_sam(config, run_dir)
-    out = out or run_dir / "queries" / "sam"
+    SAM's masks per view, as PNG overlays and ``sam.json`` in ``out`` (default RUN/queries/sam)."""
+    run = Run(run_dir, allow_torchscript=allow_torchscript)
+    dataset = run.dataset
+    chosen = run.views(views)
+    out = prepare_output(out or run.path / "queries" / "sam", QUERY_KIND, inputs=[dataset.root])
+    file_names = view_file_names(dataset.image_names)
     rows = []
-    for view in views or dataset.test_indices:
-        mask, score = _sam_best_mask(field_, dataset, teacher, view, prompt)
+    for view in chosen:
+        mask, score = _sam_best_mask(run, view, prompt)
         image = dataset.images[view]
-        overlay = torch.where(
-            mask[..., None], 0.5 * image + 0.5 * torch.tensor([0.2, 0.5, 1.0]), 0.6 * image
+        overlay = overlay_rgb(image, mask, (0.2, 0.5, 1.0))
+        write_png(out / f"{file_names[view]}.png", torch.cat([image, overlay], dim=1))
+        rows.append(
+            {"view": dataset.image_names[view], "score": score, "mask_pixels": int(mask.sum())}
         )
-        name = dataset.image_names[view]
-        write_png(out / f"{name}.png", torch.cat([image, overlay], dim=1))
-        rows.append({"view": name, "score": score, "mask_pixels": int(mask.sum())})
     summary = {
         "points": prompt.points,
-        "point_labels": prompt.point_labels,
+        "point_labels": prompt.labels if prompt.points else [],
         "box": prompt.box,
         "views": rows,
+        "folder": str(out),
     }
     write_json(out / "sam.json", summary)
     return summary
-
-
-def _require_sam(config: TrainConfig, run_dir: Path) -> None:
-    if config.teacher != "sam":
-        raise CheckpointError(f"{run_dir}: point and box prompts need a field distilled from SAM")
 
 
 @torch.no_grad()
@@ -107,30 +126,35 @@ def query_run(
     views: list[int],
     threshold: float = 0.5,
     out: Path | None = None,
+    allow_torchscript: bool = False,
 ) -> dict[str, object]:
-    """Relevancy of ``text`` on dataset views (default: held-out) and per Gaussian; PNGs + JSON."""
-    _, dataset, teacher, field = _load_run(run_dir)
-    out = out or run_dir / "queries" / _slug(text)
+    """Relevancy of ``text`` on dataset views (default: held-out) and per Gaussian; PNGs and
+    ``query.json`` in ``out`` (default RUN/queries/<prompt folder name>)."""
+    _check_prompt(text, threshold)
+    for label in labels:
+        check_text(label, "labels")
+    run = Run(run_dir, allow_torchscript=allow_torchscript)
+    dataset, teacher, field = run.dataset, run.teacher, run.field
+    chosen = run.views(views)
+    default = run.path / "queries" / prompt_folder_name(text)
+    out = prepare_output(out or default, QUERY_KIND, inputs=[dataset.root])
     scores = gaussian_scores(field, teacher, text, mode="cosine")
+    file_names = view_file_names(dataset.image_names)
     rows = []
-    for view in views or dataset.test_indices:
+    for view in chosen:
         camera = dataset.cameras[view]
         rel = relevancy(field, camera, teacher, text)[0]
         image = dataset.images[view]
-        chosen = rel > threshold
-        overlay = torch.where(
-            chosen[..., None], 0.5 * image + 0.5 * torch.tensor([1.0, 0.2, 0.2]), 0.6 * image
-        )
-        panels = [image, heat_rgb(rel, 0.0, 1.0), overlay]
+        selected = rel > threshold
+        panels = [image, heat_rgb(rel, 0.0, 1.0), overlay_rgb(image, selected, (1.0, 0.2, 0.2))]
         if labels:
             panels.append(label_rgb(segment_labels(field, camera, teacher, labels)[1][0]))
-        name = dataset.image_names[view]
-        write_png(out / f"{name}.png", torch.cat(panels, dim=1))
+        write_png(out / f"{file_names[view]}.png", torch.cat(panels, dim=1))
         rows.append(
             {
-                "view": name,
+                "view": dataset.image_names[view],
                 "max_relevancy": float(rel.max()),
-                "fraction_selected": float(chosen.float().mean()),
+                "fraction_selected": float(selected.float().mean()),
             }
         )
     summary = {
@@ -140,9 +164,18 @@ def query_run(
         "gaussians_selected": int((scores > threshold).sum()),  # cosine, as `edit` selects
         "gaussians": len(scores),
         "views": rows,
+        "folder": str(out),
     }
     write_json(out / "query.json", summary)
     return summary
+
+
+def _edited(field: FeatureField, op: str, selection: torch.Tensor, rgb) -> FeatureField:
+    if op == "delete":
+        return delete(field, selection)
+    if op == "extract":
+        return extract(field, selection)
+    return recolour(field, selection, rgb)
 
 
 @torch.no_grad()
@@ -156,43 +189,42 @@ def edit_run(
     threshold: float = 0.5,
     mode: str = "cosine",
     rgb: tuple[float, float, float] = (0.1, 0.8, 0.1),
+    allow_torchscript: bool = False,
 ) -> dict[str, object]:
     """Select Gaussians, apply ``op`` (delete, extract or recolour) and write the edited field,
     renders and ``edit.json`` to ``out``. The selection is either the Gaussians whose ``mode``
     score for ``text`` exceeds ``threshold``, or (SAM-distilled runs) SAM's mask for
-    ``sam_prompt`` on dataset view ``sam_view`` lifted to 3D (:func:`select_by_masks`)."""
-    if out.resolve() == run_dir.resolve() or (out.exists() and any(out.iterdir())):
-        raise CheckpointError(
-            f"{out}: edits go to a new, empty folder (never over a run or its input)"
-        )
-    config, dataset, teacher, field = _load_run(run_dir)
+    ``sam_prompt`` on dataset view ``sam_view`` lifted to 3D (:func:`select_by_masks`). An empty
+    selection is a valid result: nothing is deleted, extracted or recoloured."""
+    check_choice(op, "op", EDIT_OPS)
+    check_choice(mode, "mode", ("relevancy", "cosine"))
+    for value in rgb:
+        check_float(value, "color", 0.0, 1.0)
+    if (text is None) == (sam_prompt is None):
+        raise ConfigError("edit: give either --text or a SAM --point / --box prompt")
     if text is not None:
-        selection = gaussian_scores(field, teacher, text, mode=mode) > threshold
-    elif sam_prompt is not None:
-        _require_sam(config, run_dir)
-        mask, _ = _sam_best_mask(field, dataset, teacher, sam_view, sam_prompt)
+        _check_prompt(text, threshold)
+    run = Run(run_dir, allow_torchscript=allow_torchscript)
+    dataset, field = run.dataset, run.field
+    if sam_prompt is not None:
+        (sam_view,) = run.views([sam_view])
+    out = prepare_output(out, EDIT_KIND, inputs=[dataset.root])
+    if text is not None:
+        selection = gaussian_scores(field, run.teacher, text, mode=mode) > threshold
+    else:
+        mask, _ = _sam_best_mask(run, sam_view, sam_prompt)
         selection = select_by_masks(field, dataset.cameras[sam_view], mask[None])
-    else:
-        raise CheckpointError("edit: give a text or a SAM point / box prompt to select with")
-    if op == "delete":
-        edited = delete(field, selection)
-    elif op == "extract":
-        edited = extract(field, selection)
-    elif op == "recolour":
-        edited = recolour(field, selection, rgb)
-    else:
-        raise CheckpointError(f"op: expected delete, extract or recolour, got {op!r}")
-    out.mkdir(parents=True, exist_ok=True)
+    edited = _edited(field, op, selection, rgb)
     edited.save(out)
-    shutil.copyfile(run_dir / CONFIG_NAME, out / CONFIG_NAME)
+    for name in (CONFIG_NAME, DATASET_NAME):  # the edited field renders and answers as the run did
+        atomic_write_bytes(out / name, (run.path / name).read_bytes())
+    file_names = view_file_names(dataset.image_names)
     for view in dataset.test_indices:
         before = field.render(dataset.cameras[view]).rgb[0].clamp(0, 1)
         after = edited.render(dataset.cameras[view]).rgb[0].clamp(0, 1)
-        write_png(
-            out / "renders" / f"{dataset.image_names[view]}.png", torch.cat([before, after], dim=1)
-        )
+        write_png(out / "renders" / f"{file_names[view]}.png", torch.cat([before, after], dim=1))
     summary = {
-        "source": str(run_dir),
+        "source": str(run.path.resolve()),
         "text": text,
         "sam_prompt": None if sam_prompt is None else vars(sam_prompt) | {"view": sam_view},
         "op": op,

@@ -9,6 +9,7 @@ teacher, not truth). Figures from the synthetic oracle teacher are synthetic and
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -23,7 +24,8 @@ from feature_splat.eval.metrics import (
     ssim,
 )
 from feature_splat.field import FeatureField
-from feature_splat.io import write_png
+from feature_splat.io import write_json, write_png
+from feature_splat.io.names import view_file_names
 from feature_splat.teachers import Teacher, grid_stride, to_teacher_cells
 from feature_splat.visualize import depth_rgb, label_rgb, pca_rgb
 
@@ -50,6 +52,7 @@ def evaluate_heldout(
     """Metrics averaged over ``dataset.test_indices``; PNG grids per view into ``out_dir/renders``."""
     names, lookup = label_set(dataset)
     text = teacher.encode_text(names) if names and teacher.language_aligned else None
+    file_names = view_file_names(dataset.image_names)
     per_view = []
     pooled: dict[str, list[Tensor]] = {"truth": [], "pred": [], "teacher": [], "pred_cells": []}
     for view in dataset.test_indices:
@@ -97,7 +100,7 @@ def evaluate_heldout(
             if segmentation is not None:
                 panels.append(label_rgb(segmentation))
             write_png(
-                Path(out_dir) / "renders" / f"{dataset.image_names[view]}.png",
+                Path(out_dir) / "renders" / f"{file_names[view]}.png",
                 torch.cat(panels, dim=1),
             )
     keys = [k for k in per_view[0] if k != "view"] if per_view else []
@@ -121,3 +124,35 @@ def evaluate_heldout(
     summary["teacher"] = teacher.name
     summary["views"] = per_view
     return summary
+
+
+def evaluate_run(run_dir: Path, allow_torchscript: bool = False) -> dict[str, object]:
+    """Re-evaluate a run folder on its held-out views (its config names the data and the
+    teacher): rewrites ``metrics.json`` (training figures kept) and ``renders/``."""
+    from feature_splat.io.feature_cache import encode_dataset
+    from feature_splat.run_folder import METRICS_NAME, Run
+
+    run = Run(run_dir, allow_torchscript=allow_torchscript)
+    config, dataset, teacher = run.config, run.dataset, run.teacher
+    maps = encode_dataset(
+        teacher, dataset.images, config.cache_dir, config.teacher_pca, dataset_root=dataset.root
+    )
+    metrics = evaluate_heldout(run.field, dataset, teacher, maps, out_dir=run.path)
+    path = run.path / METRICS_NAME
+    previous = _read_metrics(path)
+    kept = {k: previous[k] for k in _TRAINING_FIGURES if k in previous}
+    write_json(path, {**metrics, **kept})
+    return {**metrics, **kept}
+
+
+# What training measured (not re-measured by evaluation, so kept in metrics.json by it).
+_TRAINING_FIGURES = ("gaussians", "iterations", "train_seconds", "seconds_per_iteration",
+                     "total_seconds", "teacher_config_id")  # fmt: skip
+
+
+def _read_metrics(path: Path) -> dict[str, object]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -7,7 +7,8 @@
   training views where it lies on the true depth, majority label);
 - edits: PSNR of the field with a class deleted against the world re-rendered without that class,
   inside the removed region and outside it; and of the class extracted against the world
-  re-rendered with that class alone, inside the class's region; on held-out views.
+  re-rendered with that class alone inside the class's region, and against the field's empty
+  background outside it; on held-out views.
 """
 
 from __future__ import annotations
@@ -116,15 +117,25 @@ def extraction_psnr(
     class_name: str,
     truth_only: dict[int, tuple[Tensor, Tensor]],
     threshold: float = 0.5,
-) -> float:
-    """PSNR of the class extracted (cosine > threshold) against the world re-rendered with the class
-    alone (``truth_only``: view -> (RGB [H, W, 3], labels [H, W])), inside the class's pixels."""
+) -> dict[str, float]:
+    """PSNR of the class extracted (cosine > threshold) over the held-out views: inside the class's
+    pixels against the world re-rendered with the class alone (``truth_only``: view -> (RGB
+    [H, W, 3], labels [H, W])): is all of it there? And outside them against the field's own
+    background colour, which is what an empty render shows: is nothing else there? (Extracting
+    everything scores well inside, badly outside.)"""
     class_id = dataset.class_names.index(class_name)
     alone = extract(field, gaussian_scores(field, teacher, class_name, mode="cosine") > threshold)
-    rendered, truth = [], []
+    background = field.background[:3].clamp(0, 1)
+    inside, outside, truth_in = [], [], []
     for view in dataset.test_indices:
         rgb, labels = truth_only[view]
         region = labels == class_id
-        rendered.append(alone.render(dataset.cameras[view]).rgb[0].clamp(0, 1)[region])
-        truth.append(rgb[region])
-    return psnr(torch.cat(rendered), torch.cat(truth))
+        rendered = alone.render(dataset.cameras[view]).rgb[0].clamp(0, 1)
+        inside.append(rendered[region])
+        outside.append(rendered[~region])
+        truth_in.append(rgb[region])
+    outside_pixels = torch.cat(outside)
+    return {
+        "extract_psnr_inside_class": psnr(torch.cat(inside), torch.cat(truth_in)),
+        "extract_psnr_outside_class": psnr(outside_pixels, background.expand_as(outside_pixels)),
+    }

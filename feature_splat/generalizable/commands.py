@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
-import tyro
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -20,10 +17,16 @@ from rich.table import Table
 from feature_splat.cameras import Cameras, look_at
 from feature_splat.data.dataset import Dataset
 from feature_splat.data.synthetic.object_views import ObjectViews, load_objects
-from feature_splat.errors import CheckpointError
+from feature_splat.errors import ConfigError
 from feature_splat.eval.correspondence import (
     transfer_keypoints_2d,
     transfer_labels,
+)
+from feature_splat.generalizable.config import (
+    FitFieldsConfig,
+    GenEvalConfig,
+    GenPredictConfig,
+    TeacherConfig,
 )
 from feature_splat.generalizable.evaluation import (
     TASKS,
@@ -34,40 +37,15 @@ from feature_splat.generalizable.evaluation import (
     headline,
     keypoint_queries,
 )
-from feature_splat.generalizable.training import (
-    MODEL_NAME,
-    ObjectDataConfig,
-    TeacherConfig,
-    load_model,
-    offline_field_dir,
-)
+from feature_splat.generalizable.training import MODEL_NAME, load_model, offline_field_dir
 from feature_splat.io import atomic_write_bytes, write_json, write_png
+from feature_splat.io.outputs import prepare_output
 from feature_splat.visualize import depth_rgb, draw_points, label_rgb, pca_rgb
 
 
 def _model_file(path: Path) -> Path:
     """A run folder's ``model.pt``, or the file itself."""
     return path / MODEL_NAME if path.is_dir() else path
-
-
-@dataclass
-class GenEvalConfig:
-    """Keypoint transfer and part co-segmentation on held-out instances, against the baselines."""
-
-    model: tyro.conf.Positional[Path]
-    """A `gen train` run folder (or its model.pt)."""
-    baseline: Path | None = None
-    """A run trained with --feature-weight 0 (the no-distillation baseline), scored in the same run."""
-    out: Path | None = None
-    """Output folder (default: MODEL/eval)."""
-    data: ObjectDataConfig = field(default_factory=lambda: ObjectDataConfig(instances=16))
-    """Held-out ('test' split) instances."""
-    input_views: int = 1
-    pairs: int = 200
-    """Seeded (source, target) instance pairs per category."""
-    surface_points: int = 2000
-    """Surface points sampled per instance for the 3D tasks."""
-    seed: int = 0
 
 
 def run_eval(config: GenEvalConfig) -> dict:
@@ -79,7 +57,7 @@ def run_eval(config: GenEvalConfig) -> dict:
     models = {"model": model}
     if config.baseline is not None:
         models["no distillation"] = load_model(_model_file(config.baseline))[0]
-    out = config.out or model_path.parent / "eval"
+    out = prepare_output(config.out or model_path.parent / "eval", "gen-eval")
     console = Console()
     results: dict = {"pairs": config.pairs, "input_views": config.input_views, "categories": {}}
     start = time.perf_counter()
@@ -178,37 +156,16 @@ def transfer_figure(
     return torch.cat(rows, dim=0)
 
 
-@dataclass
-class GenPredictConfig:
-    """Predict a feature field from one or a few posed images and render it around the object."""
-
-    model: tyro.conf.Positional[Path]
-    """A `gen train` run folder (or its model.pt)."""
-    out: Path
-    """Output folder: the field (point_cloud.ply + decoder.pt) and predict.png."""
-    data: Path | None = None
-    """A dataset folder (nerfstudio / Blender / COLMAP) with the object centred at the origin, z up;
-    default: a built-in object instance (--category, --split, --index)."""
-    category: Literal["chair", "table", "car"] = "chair"
-    split: Literal["train", "test"] = "test"
-    index: int = 0
-    views: tuple[int, ...] = (0,)
-    """Input view indices."""
-    orbit: int = 8
-    """Novel views rendered on a circle around the object."""
-    image_size: int = 64
-    """Size of the built-in instance's renders."""
-
-
 def run_predict(config: GenPredictConfig) -> dict:
     """Predict the field, save it, and write a PNG grid: inputs, then RGB / depth / PCA per orbit view."""
     model, _ = load_model(_model_file(config.model))
     images, cameras = _input_views(config)
+    out = prepare_output(config.out, "gen-predict", inputs=[config.data])
     start = time.perf_counter()
     with torch.no_grad():
         predicted = model(images[None], [cameras])[0]
     seconds = time.perf_counter() - start
-    predicted.save(config.out / "field")
+    predicted.save(out / "field")
     novel = _orbit_like(cameras, config.orbit)
     with torch.no_grad():
         render = predicted.render(novel)
@@ -228,16 +185,16 @@ def run_predict(config: GenPredictConfig) -> dict:
         ),
     ]
     rows = [torch.cat([*r, *torch.ones(n_columns - len(r), *r.shape[1:])], dim=1) for r in rows]
-    write_png(config.out / "predict.png", torch.cat(rows, dim=0))
+    write_png(out / "predict.png", torch.cat(rows, dim=0))
     summary = {
         "gaussians": len(predicted.gaussians),
         "predict_seconds": seconds,
         "input_views": list(config.views),
     }
-    write_json(config.out / "predict.json", summary)
+    write_json(out / "predict.json", summary)
     Console().print(
         f"{summary['gaussians']:,} Gaussians predicted in {seconds * 1000:.0f} ms; "
-        f"field and predict.png in {config.out}"
+        f"field and predict.png in {out}"
     )
     return summary
 
@@ -248,20 +205,19 @@ def _input_views(config: GenPredictConfig) -> tuple[torch.Tensor, Cameras]:
     if config.data is not None:
         from feature_splat.data.loading import load_dataset
 
-        dataset: Dataset = load_dataset(config.data)
+        dataset: Dataset = load_dataset(config.data, allow_outside_paths=config.allow_outside_paths)
         bad = [v for v in views if not 0 <= v < len(dataset)]
         if bad:
-            raise CheckpointError(
-                f"{config.data}: view indices {bad} outside 0..{len(dataset) - 1}"
-            )
+            raise ConfigError(f"--views: indices {bad} outside 0..{len(dataset) - 1} ({config.data})")
         return dataset.images[views], dataset.cameras[torch.tensor(views)]
     (instance,) = load_objects(
-        config.category,
-        config.split,
-        n_instances=config.index + 1,
-        size=config.image_size,
-        progress=False,
-    )[config.index :]
+        config.category, config.split, n_instances=1, first=config.index,
+        size=config.image_size, progress=False,
+    )  # fmt: skip
+    n_views = instance.rgb.shape[0]
+    bad = [v for v in views if v >= n_views]
+    if bad:
+        raise ConfigError(f"--views: indices {bad} outside 0..{n_views - 1} (the instance's views)")
     return instance.rgb[views], instance.cameras[torch.tensor(views)]
 
 
@@ -282,18 +238,6 @@ def _orbit_like(cameras: Cameras, n_views: int) -> Cameras:
     )
 
 
-@dataclass
-class FitFieldsConfig:
-    """Fit a per-scene feature field to every training instance (offline targets for `gen train
-    --offline-fields`, the way DistillNeRF distils offline per-scene NeRFs)."""
-
-    out: tyro.conf.Positional[Path]
-    data: ObjectDataConfig = field(default_factory=ObjectDataConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    iterations: int = 300
-    feature_dim: int = 16
-
-
 def run_fit_fields(config: FitFieldsConfig) -> None:
     """Train and save one per-scene field per training instance (skipping those already saved)."""
     from feature_splat.training.config import DensifyConfig, TrainConfig
@@ -301,6 +245,7 @@ def run_fit_fields(config: FitFieldsConfig) -> None:
 
     teacher = config.teacher.build()
     objects = config.data.load("train")
+    prepare_output(config.out, "offline-fields")
     for views in track(objects, description="fit-fields"):
         folder = offline_field_dir(config.out, views)
         if (folder / "decoder.pt").is_file():

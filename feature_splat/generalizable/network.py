@@ -29,8 +29,6 @@ prompts the same way.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import Tensor, nn
 
@@ -39,38 +37,9 @@ from feature_splat.decoders import SpeedUpDecoder
 from feature_splat.errors import InputShapeError
 from feature_splat.field import FeatureField
 from feature_splat.gaussians import GaussianField, quat_multiply, rotmat_to_quat
+from feature_splat.generalizable.config import PredictorConfig
 
 _GEOMETRY_CHANNELS = 1 + 3 + 3 + 4 + 1 + 3  # depth, offset, scale, rotation, opacity, colour
-
-
-@dataclass(frozen=True)
-class PredictorConfig:
-    """Architecture of :class:`GaussianPredictor`."""
-
-    feature_dim: int = 16
-    """F: feature channels per Gaussian (rendered, then decoded to the teacher's width)."""
-    teacher_dim: int = 64
-    """M: the teacher's feature width (the decoder's output)."""
-    widths: tuple[int, ...] = (32, 64, 96, 128)
-    """U-Net channels per level; each level after the first halves the resolution."""
-    gaussians_per_pixel: int = 1
-    """Gaussians predicted at each pixel of each input view (more can cover occluded surfaces)."""
-    depth_range: float = 0.6
-    """Predicted depths lie within ``ref * (1 +- depth_range)``."""
-    max_offset: float = 0.1
-    """Largest 3D offset from the ray point, as a fraction of ``ref``."""
-    background_rgb: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """Colour behind the object (the object renders' background)."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> PredictorConfig:
-        values = dict(values)
-        values["widths"] = tuple(values["widths"])
-        values["background_rgb"] = tuple(values["background_rgb"])
-        return cls(**values)
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:

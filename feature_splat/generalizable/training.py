@@ -25,23 +25,23 @@ Checkpoints (``checkpoint.pt``: weights, optimiser, step, sampling RNG) are writ
 
 from __future__ import annotations
 
-import io
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
-import tyro
 from torch import Tensor
 
-from feature_splat.data.synthetic.object_views import ObjectViews, load_objects
-from feature_splat.errors import CheckpointError, DatasetError
+from feature_splat.data.synthetic.object_views import ObjectViews
+from feature_splat.errors import CheckpointError, ConfigError, DatasetError
 from feature_splat.field import FeatureField
-from feature_splat.generalizable.network import GaussianPredictor, PredictorConfig
-from feature_splat.io import atomic_write_bytes, write_json
-from feature_splat.rasterizer.api import Backend
+from feature_splat.generalizable.config import GenTrainConfig, PredictorConfig
+from feature_splat.generalizable.network import GaussianPredictor
+from feature_splat.io import write_json
+from feature_splat.io.checkpoints import build_checked, read_checkpoint, write_checkpoint
+from feature_splat.io.outputs import output_kind, prepare_output
+from feature_splat.options import refuse_changed_settings
 from feature_splat.teachers.base import pool_to_cells
 from feature_splat.teachers.object_oracle import ObjectOracleTeacher
 from feature_splat.training.loop import run_steps
@@ -50,87 +50,9 @@ from feature_splat.training.losses import photometric_loss
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
 CONFIG_NAME = "config.json"
-
-
-@dataclass
-class ObjectDataConfig:
-    """Which procedural object instances to use and how they are rendered."""
-
-    categories: tuple[Literal["chair", "table", "car"], ...] = ("chair", "table", "car")
-    instances: int = 32
-    """Instances per category."""
-    views: int = 12
-    """Ray-cast views per instance."""
-    image_size: int = 64
-    seed: int = 0
-    cache_dir: Path | None = None
-    """Render cache (default: $FEATURE_SPLAT_CACHE/objects or ~/.cache/feature-splat/objects)."""
-
-    def load(self, split: str, *, instances: int | None = None) -> list[ObjectViews]:
-        """All categories' instances of ``split``, rendered (or read from the cache)."""
-        out: list[ObjectViews] = []
-        for category in self.categories:
-            out += load_objects(
-                category, split, n_instances=instances or self.instances, n_views=self.views,
-                size=self.image_size, seed=self.seed, cache_dir=self.cache_dir,
-            )  # fmt: skip
-        return out
-
-
-@dataclass
-class TeacherConfig:
-    """The synthetic DINO-like oracle teacher of the object categories."""
-
-    dim: int = 64
-    stride: int = 4
-    noise: float = 0.15
-    view_weight: float = 0.25
-    seed: int = 0
-
-    def build(self) -> ObjectOracleTeacher:
-        return ObjectOracleTeacher(
-            dim=self.dim, stride=self.stride, noise=self.noise, view_weight=self.view_weight,
-            seed=self.seed,
-        )  # fmt: skip
-
-
-@dataclass
-class GenTrainConfig:
-    """Train the feed-forward feature-Gaussian predictor on procedural object categories."""
-
-    out: tyro.conf.Positional[Path]
-    """Run folder (created; refuses to overwrite an existing run unless --resume)."""
-    data: ObjectDataConfig = field(default_factory=ObjectDataConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    model: PredictorConfig = field(default_factory=PredictorConfig)
-    input_views: int = 1
-    """Most views fed to the network per instance (each step draws 1 to this many)."""
-    target_views: int = 3
-    """Novel views rendered per instance and step (the input views are rendered too)."""
-    batch_size: int = 4
-    """Instances per step."""
-    iterations: int = 6000
-    lr: float = 1e-3
-    """Adam learning rate (cosine-decayed to 5% of it)."""
-    feature_weight: float = 1.0
-    """Teacher feature distillation; 0 trains the no-distillation baseline."""
-    alpha_weight: float = 0.1
-    """Rendered alpha against the object mask."""
-    depth_weight: float = 1.0
-    """Rendered depth against the target depth (ray-cast, or the offline fields'), relative L1."""
-    offline_fields: Path | None = None
-    """Folder of per-scene fields from ``gen fit-fields``: their depth and features become targets."""
-    offline_feature_weight: float = 0.5
-    """The offline fields' decoded features as a second feature target."""
-    checkpoint_every: int = 500
-    resume: bool = False
-    """Continue the run in OUT from its checkpoint."""
-    seed: int = 0
-    backend: Backend = "auto"
-    """Rasterizer backend (auto: gsplat on CUDA tensors, the numba CPU backend otherwise)."""
-
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self), default=str))
+GEN_RUN_KIND = "gen-run"
+# Settings a resumed run may change (what is trained stays the same).
+RESUMABLE_CHANGES = ("iterations", "checkpoint_every", "resume", "backend", "out")
 
 
 @dataclass
@@ -257,16 +179,13 @@ class GenTrainer:
             if known.any()
             else torch.zeros(())
         )
-        cells = pool_to_cells(render.features.permute(0, 3, 1, 2), self._stride(target))
+        cells = pool_to_cells(render.features.permute(0, 3, 1, 2), self.config.teacher.stride)
         decoded = predicted.decode(cells.permute(0, 2, 3, 1))  # [T, h, w, M]
         losses = {"rgb": rgb, "alpha": alpha, "depth": depth}
         losses["feature"] = _cosine_loss(decoded, target.teacher_maps[views])
         if target.offline_maps is not None:
             losses["offline_feature"] = _cosine_loss(decoded, target.offline_maps[views])
         return losses
-
-    def _stride(self, target: InstanceTargets) -> int:
-        return target.views.rgb.shape[1] // target.teacher_maps.shape[-2]
 
     def train_step(self) -> dict[str, float]:
         """One optimisation step; returns the batch's losses."""
@@ -306,34 +225,28 @@ class GenTrainer:
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Write weights, optimiser, step and sampling RNG atomically to ``out/checkpoint.pt``."""
-        buffer = io.BytesIO()
-        torch.save(
-            {
-                "step": self.step,
-                "config": self.config.to_dict(),
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state(),
-                "history": self.history,
-            },
-            buffer,
-        )
-        return atomic_write_bytes(self.config.out / CHECKPOINT_NAME, buffer.getvalue())
+        state = {
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "history": self.history,
+        }
+        return write_checkpoint(self.config.out / CHECKPOINT_NAME, state)
 
     def load_checkpoint(self) -> None:
-        """Restore the state written by :meth:`save_checkpoint`."""
+        """Restore the state written by :meth:`save_checkpoint` (read with ``weights_only=True``)."""
         path = self.config.out / CHECKPOINT_NAME
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no checkpoint to resume from")
+        state = read_checkpoint(path, "checkpoint")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            self.generator.set_state(state["generator"])
+            self.step = int(state["step"])
+            self.history = list(state["history"])
         except Exception as err:
-            raise CheckpointError(f"{path}: not a checkpoint of this model ({err})") from err
-        self.generator.set_state(state["generator"])
-        self.step = int(state["step"])
-        self.history = list(state["history"])
+            raise CheckpointError(f"{path}: not a checkpoint of this model ({err})") from None
 
 
 def _cosine_loss(decoded: Tensor, target_maps: Tensor) -> Tensor:
@@ -344,48 +257,61 @@ def _cosine_loss(decoded: Tensor, target_maps: Tensor) -> Tensor:
 
 def save_model(path: Path, model: GaussianPredictor, extra: dict | None = None) -> Path:
     """Write the trained predictor (config + weights) atomically, for ``gen eval`` / ``gen predict``."""
-    buffer = io.BytesIO()
-    torch.save(
-        {"config": model.config.to_dict(), "state": model.state_dict(), **(extra or {})}, buffer
-    )
-    return atomic_write_bytes(path, buffer.getvalue())
+    saved = {"config": model.config.to_dict(), "state": model.state_dict(), **(extra or {})}
+    return write_checkpoint(path, saved)
 
 
 def load_model(path: Path) -> tuple[GaussianPredictor, dict]:
-    """Read a predictor written by :func:`save_model`; returns it (in eval mode) and the extras."""
+    """Read a predictor written by :func:`save_model`; returns it (in eval mode) and the extras.
+    The stored config is checked against the stored weights before the model is built."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
             f"{path}: model file does not exist (train one with `feature-splat gen train`)"
         )
+    saved = read_checkpoint(path, "predictor file")
+    if not isinstance(saved, dict) or not {"config", "state"} <= set(saved):
+        raise CheckpointError(f"{path}: expected 'config' and 'state' entries (a predictor file)")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        model = GaussianPredictor(PredictorConfig.from_dict(saved.pop("config")))
-        model.load_state_dict(saved.pop("state"))
-    except Exception as err:
-        raise CheckpointError(f"{path}: not a readable predictor file ({err})") from err
+        config = PredictorConfig.from_dict(saved.pop("config"))
+    except (ConfigError, TypeError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: config: {err}") from None
+    model = build_checked(lambda: GaussianPredictor(config), saved.pop("state"), str(path))
     return model.eval(), saved
 
 
 def run_training(config: GenTrainConfig, show_progress: bool = True) -> GenTrainer:
     """Load the data, train (or resume), and write ``model.pt``, ``config.json`` and ``history.json``."""
     out = config.out
-    if (out / CHECKPOINT_NAME).exists() and not config.resume:
+    started = output_kind(out) == GEN_RUN_KIND and (out / CONFIG_NAME).is_file()
+    if started and not config.resume:
         raise CheckpointError(
             f"{out}: a run already exists here; pass --resume or choose another folder"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG_NAME, config.to_dict())
-    teacher = config.teacher.build()
-    if teacher.dim != config.model.teacher_dim:
-        raise DatasetError(
-            f"teacher.dim ({teacher.dim}) must equal model.teacher-dim ({config.model.teacher_dim})"
-        )
-    targets = prepare_targets(config.data.load("train"), teacher, config.offline_fields)
-    trainer = GenTrainer(config, targets)
+    if config.resume and not started:
+        raise CheckpointError(f"{out}: no run to resume here (train without --resume)")
     if config.resume:
+        _check_resume(out, config)
+    teacher = config.teacher.build()
+    targets = prepare_targets(config.data.load("train"), teacher, config.offline_fields)
+    prepare_output(out, GEN_RUN_KIND)
+    trainer = GenTrainer(config, targets)
+    if config.resume and (out / CHECKPOINT_NAME).is_file():
         trainer.load_checkpoint()
+    write_json(out / CONFIG_NAME, config.to_dict())
     trainer.train(show_progress=show_progress)
     write_json(out / "history.json", trainer.history)
     save_model(out / MODEL_NAME, trainer.model, {"train_config": config.to_dict()})
     return trainer
+
+
+def _check_resume(out: Path, config: GenTrainConfig) -> None:
+    """Refuse a resume whose data, teacher or model settings differ from the stored ones."""
+    path = out / CONFIG_NAME
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    refuse_changed_settings(str(path), stored, config.to_dict(), RESUMABLE_CHANGES)

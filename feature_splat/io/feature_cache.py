@@ -23,9 +23,12 @@ import torch
 from rich.progress import track
 from torch import Tensor
 
-from feature_splat.errors import InputShapeError
+from feature_splat.errors import ConfigError, InputShapeError
 from feature_splat.io.files import atomic_write_bytes
+from feature_splat.io.outputs import prepare_output
 from feature_splat.teachers.base import Teacher
+
+CACHE_KIND = "feature-cache"
 
 FORMAT = 1
 
@@ -167,3 +170,27 @@ class FeatureCache:
             coefficients[i] = ((value - mean) @ vectors).half().float()
             self._write(folder / f"{keys[i]}.npz", keys[i], coefficients[i])
         return torch.stack([coefficients[i] @ vectors.T + mean for i in range(len(keys))])
+
+
+def encode_dataset(
+    teacher: Teacher,
+    images: Tensor,
+    cache_dir: Path | None = None,
+    pca_dim: int | None = None,
+    *,
+    dataset_root: Path | None = None,
+    batch: int = 8,
+) -> Tensor:
+    """The teacher's features of every image [V, H, W, 3] as [V, h, w, M] float16: through the
+    on-disk cache in ``cache_dir`` when given (an output folder: never inside ``dataset_root``),
+    else computed in memory."""
+    if cache_dir is not None:
+        prepare_output(cache_dir, CACHE_KIND, inputs=[dataset_root])
+        return FeatureCache(cache_dir, teacher, pca_dim).encode(images, batch).to(torch.float16)
+    if pca_dim is not None:
+        raise ConfigError("--teacher-pca: PCA storage is a cache option; give --cache-dir too")
+    maps = []
+    for start in track(range(0, len(images), batch), description="teacher", transient=True):
+        chunk = images[start : start + batch].permute(0, 3, 1, 2)
+        maps.append(teacher.encode(chunk).permute(0, 2, 3, 1).to(torch.float16))
+    return torch.cat(maps)

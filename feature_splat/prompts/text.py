@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 
 from feature_splat.cameras import Cameras
+from feature_splat.errors import ConfigError
 from feature_splat.field import FeatureField
+from feature_splat.options import check_choice
 from feature_splat.teachers import Teacher
 
 CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
@@ -23,7 +25,10 @@ RELEVANCY_SCALE = 10.0
 
 def _text_embeddings(teacher: Teacher, texts: list[str]) -> Tensor:
     if not teacher.language_aligned:
-        raise NotImplementedError(f"teacher '{teacher.name}' has no text encoder")
+        raise ConfigError(
+            f"--text: the teacher '{teacher.name}' has no text encoder; text prompts need a "
+            f"field distilled from a language-aligned teacher (clip, lseg, synthetic)"
+        )
     return torch.nn.functional.normalize(teacher.encode_text(texts).float(), dim=-1)
 
 
@@ -85,8 +90,7 @@ def gaussian_scores(
 ) -> Tensor:
     """Per-Gaussian score [N] for ``text``: LERF ``relevancy`` (default) or raw ``cosine`` (the score
     Feature 3DGS thresholds for its edits)."""
-    if mode not in ("relevancy", "cosine"):
-        raise ValueError(f"mode: expected 'relevancy' or 'cosine', got {mode!r}")
+    check_choice(mode, "mode", ("relevancy", "cosine"))
     decoded = field.decode(field.gaussians.features)
     if mode == "cosine":
         return _cosines(decoded, _text_embeddings(teacher, [text]))[:, 0]

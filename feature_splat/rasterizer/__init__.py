@@ -3,9 +3,21 @@
 - ``reference``: plain PyTorch, differentiated by autograd; the readable statement of the algorithm.
 - ``cpu``: numba-compiled forward and hand-written backward; the default for CPU tensors.
 - ``gsplat``: :func:`gsplat.rasterization` for CUDA tensors.
+
+The rendering functions are imported on first use, so importing the backend names (configs do)
+does not import torch.
 """
 
-from feature_splat.rasterizer.api import BACKENDS, RenderOutput, rasterize
-from feature_splat.rasterizer.projection import Projected, project
+from feature_splat.lazy import lazy_exports
+from feature_splat.rasterizer.backends import BACKENDS, Backend
 
-__all__ = ["BACKENDS", "Projected", "RenderOutput", "project", "rasterize"]
+__all__ = ["BACKENDS", "Backend", "Projected", "RenderOutput", "project", "rasterize"]
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "RenderOutput": "feature_splat.rasterizer.api",
+        "rasterize": "feature_splat.rasterizer.api",
+        "Projected": "feature_splat.rasterizer.projection",
+        "project": "feature_splat.rasterizer.projection",
+    },
+)

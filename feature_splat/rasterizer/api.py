@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -14,13 +14,11 @@ from feature_splat.errors import (
     InputShapeError,
     NonFiniteError,
 )
+from feature_splat.rasterizer.backends import BACKENDS, Backend
 from feature_splat.rasterizer.cpu import rasterize_cpu
 from feature_splat.rasterizer.gsplat_backend import gsplat_available, rasterize_gsplat
 from feature_splat.rasterizer.projection import project
 from feature_splat.rasterizer.reference import rasterize_reference
-
-Backend = Literal["auto", "reference", "cpu", "gsplat"]
-BACKENDS: tuple[str, ...] = ("reference", "cpu", "gsplat")
 
 
 @dataclass
@@ -79,14 +77,15 @@ def rasterize(
         A :class:`RenderOutput`. Conventions follow ``gsplat.rasterization`` (EWA projection, alpha
         clamped to 0.999, alpha < 1/255 skipped, stop at transmittance <= 1e-4).
     """
+    tensors = (means, quats, scales, opacities, features, viewmats, Ks, backgrounds)
+    devices = {t.device for t in tensors if isinstance(t, Tensor)}
+    if len(devices) > 1:
+        raise InputShapeError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
     n = _check_gaussians(means, quats, scales, opacities)
     n_cameras = _check_camera_args(
         viewmats, Ks, width, height, near_plane, far_plane, eps2d, tile_size
     )
     features, backgrounds = _check_features(features, backgrounds, n, n_cameras)
-    devices = {t.device for t in (means, quats, scales, opacities, features, viewmats, Ks)}
-    if len(devices) > 1:
-        raise InputShapeError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
     backend = _choose_backend(backend, means)
     if backend == "gsplat":
         feats, raw_depth, alpha, meta = rasterize_gsplat(

@@ -83,6 +83,9 @@ def rasterize_reference(
     n_tiles = n_cameras * tiles_x * tiles_y
     dim = features.shape[-1]
     device, dtype = proj.means2d.device, proj.means2d.dtype
+    if proj.means2d.shape[1] == 0:  # no Gaussians: every pixel is background
+        zeros = torch.zeros(n_cameras, height, width, 1, device=device, dtype=dtype)
+        return backgrounds[:, None, None, :].expand(-1, height, width, -1), zeros, zeros
     tile_ids, gaussian_ids = tile_intersections(proj, width, height, tile_size)
     counts = torch.bincount(tile_ids, minlength=n_tiles)
     starts = torch.cumsum(counts, 0) - counts

@@ -1,4 +1,6 @@
-"""Loading teachers' weights from local files, with errors that say what is expected and where.
+"""Teachers' weights from local files: errors that say what is expected and where it comes from,
+file digests for cache keys, and seeded random models for tests. Reading the files themselves is
+:mod:`feature_splat.io.checkpoints` (never running code from them).
 
 No teacher ever downloads anything: users pass checkpoint files they already have.
 """
@@ -11,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from feature_splat.errors import CheckpointError
 
@@ -44,45 +46,6 @@ def file_digest(path: str | Path) -> str:
                 digest.update(block)
         _DIGESTS[key] = digest.hexdigest()
     return _DIGESTS[key]
-
-
-def read_state_dict(
-    path: Path, nested_keys: tuple[str, ...] = ("state_dict", "model")
-) -> dict[str, Tensor]:
-    """The tensors of a checkpoint file (a bare state dict, or one nested under ``nested_keys``)."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types on corrupt files
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
-    for key in nested_keys:
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-    if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
-        raise CheckpointError(f"{path}: expected a dict of tensors (a state dict)")
-    return data
-
-
-def load_strict(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
-    """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key is a CheckpointError
-    that lists the first few."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k}: checkpoint {list(state[k].shape)} vs model {list(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-    if mismatched:
-        problems.append(f"{len(mismatched)} keys with the wrong shape (e.g. {mismatched[:2]})")
-    if problems:
-        raise CheckpointError(f"{source}: does not match the model: " + "; ".join(problems))
-    model.load_state_dict(state)
 
 
 def build_seeded(build: Callable[[], M], seed: int) -> M:

@@ -27,7 +27,10 @@ image border), centred on ``((j + 0.5) * stride, (i + 0.5) * stride)``. CLIP was
 
 Weights come from a local checkpoint file only (never downloaded): an open_clip state dict
 (``open_clip_pytorch_model.bin`` / ``.safetensors`` from the open_clip releases on the Hugging Face
-hub) or OpenAI's original TorchScript archive (``ViT-B-16.pt``). OpenAI's weights were trained with
+hub) or OpenAI's original TorchScript archive (``ViT-B-16.pt``). A TorchScript archive is a
+program, not data: loading it runs code from the file. It is loaded only when the caller passes
+``allow_torchscript=True`` (``--allow-torchscript`` on the command line), never because a stored
+config names it. OpenAI's weights were trained with
 QuickGELU: use the ``-quickgelu`` model names (``ViT-B-16-quickgelu``, ``ViT-L-14-quickgelu``) for
 them, otherwise the features are silently wrong (the keys are the same).
 """
@@ -50,7 +53,8 @@ from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
 from feature_splat.errors import CheckpointError, InputShapeError
-from feature_splat.teachers.checkpoints import file_digest, load_strict, require_checkpoint
+from feature_splat.io.checkpoints import load_strict
+from feature_splat.teachers.checkpoints import file_digest, require_checkpoint
 
 _VERSION = 1  # bump when the features change for the same model, checkpoint and options
 _WHERE = (
@@ -126,10 +130,16 @@ def dense_features(visual: VisionTransformer, pixels: Tensor) -> Tensor:
     return features.transpose(1, 2).reshape(batch, -1, gh, gw)
 
 
-def read_clip_state_dict(path: Path) -> dict[str, Tensor]:
+def read_clip_state_dict(path: Path, allow_torchscript: bool = False) -> dict[str, Tensor]:
     """The tensors of a CLIP checkpoint: an open_clip state dict (``.bin`` / ``.pt`` / ``.pth``,
-    possibly nested under ``state_dict`` or prefixed ``module.``; or ``.safetensors``) or OpenAI's
-    TorchScript archive."""
+    possibly nested under ``state_dict`` or prefixed ``module.``; or ``.safetensors``) or, when
+    ``allow_torchscript``, OpenAI's TorchScript archive (which runs code from the file)."""
+    if _is_torchscript_archive(path) and not allow_torchscript:
+        raise CheckpointError(
+            f"{path}: is a TorchScript archive (OpenAI's CLIP release format); loading one runs "
+            f"code from the file, so it is loaded only with --allow-torchscript (or convert it "
+            f"once to a state dict)"
+        )
     try:
         if _is_torchscript_archive(path):
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
@@ -161,10 +171,11 @@ class ClipTeacher:
         *,
         stride: int | None = None,
         device: str | torch.device = "cpu",
+        allow_torchscript: bool = False,
     ) -> None:
         """Build ``model_name`` (an open_clip config name, see ``open_clip.list_models()``) with the
         weights of the local file ``checkpoint``; ``stride`` (original pixels per cell) defaults to
-        the model's patch size."""
+        the model's patch size; ``allow_torchscript`` see the module docstring."""
         path = require_checkpoint(checkpoint, f"CLIP {model_name}", _WHERE)
         model_config = open_clip.get_model_config(model_name)
         if model_config is None:
@@ -175,7 +186,7 @@ class ClipTeacher:
         with _quiet_logging():  # open_clip warns "initialized randomly": the weights come next
             model = open_clip.create_model(model_name, pretrained=None, device="cpu")
         check_supported(model.visual)
-        load_strict(model, read_clip_state_dict(path), str(path))
+        load_strict(model, read_clip_state_dict(path, allow_torchscript), str(path))
         self.model = model.to(device).eval()
         self.model_name = model_name
         self.model_config = model_config

@@ -44,10 +44,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from feature_splat.errors import CheckpointError, InputShapeError
+from feature_splat.io.checkpoints import load_strict, read_state_dict
 from feature_splat.teachers.checkpoints import (
     file_digest,
-    load_strict,
-    read_state_dict,
     require_checkpoint,
 )
 

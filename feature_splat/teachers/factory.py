@@ -27,6 +27,7 @@ def build_teacher(
     model: str | None = None,
     dim: int = 512,
     stride: int = 8,
+    allow_torchscript: bool = False,
 ) -> Teacher:
     """The teacher ``name`` (one of :data:`TEACHER_NAMES`).
 
@@ -34,7 +35,8 @@ def build_teacher(
     (SAM: vit_b / vit_l / vit_h; CLIP: an open_clip model name, default ViT-B-16; DINOv2: a timm
     name, default vit_small_patch14_dinov2; LSeg: clip_vitl16_384). ``dim`` and ``stride`` set the
     synthetic oracle; ``stride`` also sets CLIP's cell size in pixels. The synthetic oracle needs
-    ``dataset`` with ground-truth labels (a built-in world).
+    ``dataset`` with ground-truth labels (a built-in world). ``allow_torchscript`` lets a CLIP
+    checkpoint be an OpenAI TorchScript archive, which runs code when loaded.
     """
     if name == "synthetic":
         from feature_splat.teachers.synthetic import SyntheticTeacher
@@ -61,7 +63,9 @@ def build_teacher(
     if name == "clip":
         from feature_splat.teachers.clip import ClipTeacher
 
-        return ClipTeacher(model or "ViT-B-16", checkpoint, stride=stride)
+        return ClipTeacher(
+            model or "ViT-B-16", checkpoint, stride=stride, allow_torchscript=allow_torchscript
+        )
     if name == "dino":
         from feature_splat.teachers.dino import DinoTeacher
 

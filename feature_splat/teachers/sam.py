@@ -47,11 +47,10 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor
 
 from feature_splat.errors import CheckpointError, InputShapeError, NonFiniteError
+from feature_splat.io.checkpoints import load_strict, read_state_dict
 from feature_splat.teachers.checkpoints import (
     build_seeded,
     file_digest,
-    load_strict,
-    read_state_dict,
     require_checkpoint,
 )
 

@@ -1,6 +1,13 @@
-"""Per-scene training: configuration, the trainer, and whole runs."""
+"""Per-scene training: configuration, the trainer, and whole runs (imported on first use)."""
 
-from feature_splat.training.config import TrainConfig
-from feature_splat.training.trainer import Trainer
+from feature_splat.lazy import lazy_exports
 
-__all__ = ["TrainConfig", "Trainer"]
+__all__ = ["TrainConfig", "Trainer", "train"]
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "TrainConfig": "feature_splat.training.config",
+        "Trainer": "feature_splat.training.trainer",
+        "train": "feature_splat.training.run",
+    },
+)

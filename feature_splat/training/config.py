@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import tyro
 
-from feature_splat.rasterizer.api import Backend
+from feature_splat.options import (
+    check_choice,
+    check_float,
+    check_int,
+    check_seed,
+    check_text,
+)
+from feature_splat.rasterizer.backends import BACKENDS, Backend
+
+TeacherName = Literal["synthetic", "sam", "clip", "lseg", "dino"]
 
 
 @dataclass
@@ -27,6 +36,10 @@ class LearningRates:
     decoder: float = 1e-3
     background: float = 1e-3
 
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            check_float(value, f"lr.{name}", positive=True)
+
 
 @dataclass
 class DensifyConfig:
@@ -41,6 +54,15 @@ class DensifyConfig:
     grow_scale3d: float = 0.01
     prune_opacity: float = 0.005
 
+    def __post_init__(self) -> None:
+        check_int(self.refine_start, "densify.refine_start")
+        check_int(self.refine_stop, "densify.refine_stop")
+        check_int(self.refine_every, "densify.refine_every", 1)
+        check_int(self.reset_every, "densify.reset_every", 1)
+        check_float(self.grow_grad2d, "densify.grow_grad2d", positive=True)
+        check_float(self.grow_scale3d, "densify.grow_scale3d", positive=True)
+        check_float(self.prune_opacity, "densify.prune_opacity", 0.0, 1.0)
+
 
 @dataclass
 class TrainConfig:
@@ -50,10 +72,16 @@ class TrainConfig:
     """A built-in world (room, tabletop, street) or a dataset folder (nerfstudio, Blender, COLMAP)."""
     out: Path = Path("outputs/run")
     """Run folder: PLY, decoder, config, metrics, PNGs, checkpoints."""
-    teacher: Literal["synthetic", "sam", "clip", "lseg", "dino"] = "synthetic"
+    teacher: TeacherName = "synthetic"
     """The 2D teacher distilled (the synthetic oracle needs a built-in world)."""
     teacher_checkpoint: Path | None = None
     """Local weights of a foundation-model teacher (nothing is ever downloaded)."""
+    allow_torchscript: bool = False
+    """Let --teacher-checkpoint be an OpenAI TorchScript CLIP archive. Such an archive is a
+    program: loading it runs code from the file, so only pass files you trust. Never stored: each
+    command that loads the teacher needs the flag again."""
+    allow_outside_paths: bool = False
+    """Let the dataset's files (file_path, mask_path, ply_file_path) lie outside its folder."""
     teacher_model: str | None = None
     """Variant: SAM vit_b|vit_l|vit_h, an open_clip model name, a timm DINOv2 name, LSeg clip_vitl16_384."""
     teacher_dim: int = 512
@@ -86,7 +114,10 @@ class TrainConfig:
     width: int = 128
     height: int = 96
     """Image size of built-in worlds (real datasets keep their own size)."""
+    world_seed: int = 0
+    """Seed of a built-in world's generation (its layout, textures and rig)."""
     seed: int = 0
+    """Seed of training: initial Gaussians, view order, densification."""
     checkpoint_every: int = 1000
     resume: bool = False
     """Continue from the run folder's latest checkpoint (gives the same result as an uninterrupted run)."""
@@ -94,8 +125,35 @@ class TrainConfig:
     lr: LearningRates = field(default_factory=LearningRates)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
 
+    def __post_init__(self) -> None:
+        check_text(self.data, "data")
+        check_choice(self.teacher, "teacher", get_args(TeacherName))
+        check_int(self.teacher_dim, "teacher_dim", 1)
+        check_int(self.teacher_stride, "teacher_stride", 1)
+        if self.teacher_pca is not None:
+            check_int(self.teacher_pca, "teacher_pca", 1)
+        check_int(self.feature_dim, "feature_dim", 1)
+        check_choice(self.decoder, "decoder", ("linear", "mlp", "none"))
+        for width in self.decoder_hidden:
+            check_int(width, "decoder_hidden", 1)
+        check_int(self.iterations, "iterations", 1)
+        check_choice(self.feature_loss, "feature_loss", ("l1", "cosine"))
+        check_float(self.feature_weight, "feature_weight", 0.0)
+        check_int(self.sh_degree, "sh_degree", 0, 3)
+        check_int(self.sh_degree_every, "sh_degree_every", 1)
+        check_int(self.init_points, "init_points", 1)
+        check_float(self.init_opacity, "init_opacity", 1e-6, 1 - 1e-6)
+        check_int(self.width, "width", 1, 16384)
+        check_int(self.height, "height", 1, 16384)
+        check_seed(self.world_seed, "world_seed")
+        check_seed(self.seed)
+        check_int(self.checkpoint_every, "checkpoint_every", 1)
+        check_choice(self.backend, "backend", ("auto", *BACKENDS))
+
     def to_dict(self) -> dict:
+        """The config as JSON values (paths as strings); ``allow_torchscript`` is never stored."""
         data = asdict(self)
+        del data["allow_torchscript"]
         data["out"] = str(self.out)
         for key in ("cache_dir", "teacher_checkpoint"):
             data[key] = None if data[key] is None else str(data[key])
@@ -104,6 +162,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
+        """The config :meth:`to_dict` wrote (a ConfigError names a bad value)."""
         data = dict(data)
         data["out"] = Path(data["out"])
         for key in ("cache_dir", "teacher_checkpoint"):

@@ -1,9 +1,18 @@
 """The training loop shared by the per-scene and the feed-forward trainers: steps, progress bar,
-periodic checkpoints and a checkpoint on Ctrl-C."""
+periodic checkpoints, and a clean stop on Ctrl-C.
+
+Ctrl-C (SIGINT) never interrupts a step half-way: the step in progress finishes, a checkpoint of
+that state is written, and ``KeyboardInterrupt`` is raised, so ``--resume`` continues exactly as an
+uninterrupted run would. A second Ctrl-C stops at once, without a checkpoint (the last periodic one
+stays valid).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -16,6 +25,33 @@ class Steppable(Protocol):
     def train_step(self) -> dict[str, float]: ...
 
     def save_checkpoint(self) -> Path: ...
+
+
+class _StopRequest:
+    """Set by the first SIGINT; the second one raises KeyboardInterrupt where it lands."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+@contextmanager
+def _stop_on_sigint() -> Iterator[_StopRequest]:
+    """Route SIGINT to a stop request for the duration (main thread only: elsewhere signals are
+    not delivered to Python code, and Ctrl-C keeps its default behaviour)."""
+    request = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = signal.signal(signal.SIGINT, request)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_steps(
@@ -32,25 +68,25 @@ def run_steps(
     most ``total``, the run's length).
 
     A progress bar shows ``status(stats)`` every 10 steps; a checkpoint is written every
-    ``checkpoint_every`` steps before ``total`` and when Ctrl-C stops the loop (then re-raised).
+    ``checkpoint_every`` steps before ``total``, and after the step in progress when Ctrl-C
+    stops the loop (then ``KeyboardInterrupt`` is raised).
     """
     last = total if until is None else min(until, total)
     columns = [
         TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
     ]  # fmt: skip
-    with Progress(*columns, disable=not show_progress) as bar:
+    with Progress(*columns, disable=not show_progress) as bar, _stop_on_sigint() as stop:
         task = bar.add_task(label, total=total, completed=trainer.step, status="")
-        try:
-            while trainer.step < last:
-                stats = trainer.train_step()
-                if trainer.step % 10 == 0 or trainer.step == last:
-                    bar.update(task, completed=trainer.step, status=status(stats))
-                if trainer.step % checkpoint_every == 0 and trainer.step < total:
-                    trainer.save_checkpoint()
-        except KeyboardInterrupt:
-            trainer.save_checkpoint()
-            bar.console.print(
-                f"interrupted at step {trainer.step}: checkpoint saved, resume with --resume"
-            )
-            raise
+        while trainer.step < last:
+            stats = trainer.train_step()
+            if trainer.step % 10 == 0 or trainer.step == last:
+                bar.update(task, completed=trainer.step, status=status(stats))
+            if stop.requested:
+                trainer.save_checkpoint()
+                bar.console.print(
+                    f"interrupted after step {trainer.step}: checkpoint saved, resume with --resume"
+                )
+                raise KeyboardInterrupt
+            if trainer.step % checkpoint_every == 0 and trainer.step < total:
+                trainer.save_checkpoint()

@@ -9,7 +9,6 @@ optimizer moments, the view queue), so a resumed run ends bit-identical to an un
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
@@ -19,10 +18,10 @@ from torch import Tensor
 
 from feature_splat.data import Dataset
 from feature_splat.decoders import SpeedUpDecoder
-from feature_splat.errors import CheckpointError
+from feature_splat.errors import CheckpointError, DatasetError
 from feature_splat.field import FeatureField
 from feature_splat.gaussians import GaussianField, num_sh_bases, rgb_to_sh0
-from feature_splat.io import atomic_write_bytes
+from feature_splat.io.checkpoints import read_checkpoint, write_checkpoint
 from feature_splat.teachers import to_teacher_cells
 from feature_splat.training.config import TrainConfig
 from feature_splat.training.loop import run_steps
@@ -96,6 +95,8 @@ class Trainer:
         """``teacher_maps`` [V, h, w, M] holds the teacher's features of every view (train and
         test); ``grid_stride`` is the teacher's stride when its cells tile the image exactly
         (:func:`~feature_splat.teachers.grid_stride`), else None (rendered maps are resampled)."""
+        if not dataset.train_indices:
+            raise DatasetError("Trainer: the dataset has no training views")
         self.config, self.dataset, self.teacher_maps = config, dataset, teacher_maps
         self.stride = grid_stride
         self.scene_scale = scene_scale(dataset)
@@ -246,26 +247,33 @@ class Trainer:
             "view_generator": self.view_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        return atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
+        return write_checkpoint(self.checkpoint_path, state)
 
     def load_checkpoint(self, path: Path | None = None) -> None:
-        """Restore the state written by :meth:`save_checkpoint`."""
+        """Restore the state written by :meth:`save_checkpoint` (tensors and plain containers
+        only: the file is read with ``weights_only=True``, so it cannot run code)."""
         path = path or self.checkpoint_path
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no checkpoint to resume from")
+        state = read_checkpoint(path, "checkpoint")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            params = state["params"]
-        except Exception as err:
-            raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from err
-        if params["features"].shape[1] != self.config.feature_dim:
+            features = state["params"]["features"]
+        except (TypeError, KeyError) as err:
+            raise CheckpointError(f"{path}: not a training checkpoint (no {err})") from None
+        if features.ndim != 2 or features.shape[1] != self.config.feature_dim:
             raise CheckpointError(
-                f"{path}: checkpoint has {params['features'].shape[1]} feature channels, "
-                f"the config asks for {self.config.feature_dim}"
+                f"{path}: checkpoint has features of shape {list(features.shape)}, the config "
+                f"asks for {self.config.feature_dim} channels"
             )
-        for name, value in params.items():
+        try:
+            self._restore(state)
+        except Exception as err:
+            raise CheckpointError(f"{path}: does not match this run ({err})") from None
+
+    def _restore(self, state: dict) -> None:
+        if set(state["params"]) != set(self.params):
+            raise KeyError(f"parameters {sorted(state['params'])}")
+        fields = GaussianField.from_parameters(state["params"])  # checks the shapes agree
+        fields.check_finite()
+        for name, value in state["params"].items():
             self.params[name] = torch.nn.Parameter(value.clone())
             optimizer = self.optimizers[name]
             optimizer.param_groups[0]["params"] = [self.params[name]]
@@ -277,7 +285,13 @@ class Trainer:
         for name, optimizer in self.extra_optimizers.items():
             optimizer.load_state_dict(state["extra_optimizers"][name])
         self.strategy_state = state["strategy_state"]
-        self.view_queue = list(state["view_queue"])
+        queue = [int(v) for v in state["view_queue"]]
+        if not set(queue) <= set(self.dataset.train_indices):
+            raise ValueError("its view queue names views that are not training views")
+        step = int(state["step"])
+        if step < 0:
+            raise ValueError(f"step {step}")
+        self.view_queue = queue
         self.view_generator.set_state(state["view_generator"])
         torch.set_rng_state(state["torch_rng"])
-        self.step = int(state["step"])
+        self.step = step

@@ -91,14 +91,17 @@ class ObjectViews:
         return points.float(), self.parts[view, row, col], view
 
 
-def instance_indices(split: str, n_instances: int) -> list[int]:
-    """The instance indices of the first ``n_instances`` instances of ``split``."""
+def instance_indices(split: str, n_instances: int, first: int = 0) -> list[int]:
+    """The instance indices of instances ``first .. first + n_instances - 1`` of ``split``."""
     if split not in SPLITS:
         raise DatasetError(f"split: unknown split {split!r}; expected one of {list(SPLITS)}")
-    if not 0 <= n_instances <= TEST_OFFSET:
-        raise DatasetError(f"n_instances: expected 0..{TEST_OFFSET}, got {n_instances}")
-    first = 0 if split == "train" else TEST_OFFSET
-    return list(range(first, first + n_instances))
+    if not (first >= 0 and n_instances >= 0 and first + n_instances <= TEST_OFFSET):
+        raise DatasetError(
+            f"first, n_instances: expected instances within 0..{TEST_OFFSET - 1}, got "
+            f"{first}..{first + n_instances - 1}"
+        )
+    start = first if split == "train" else TEST_OFFSET + first
+    return list(range(start, start + n_instances))
 
 
 def render_object_views(
@@ -119,8 +122,10 @@ def load_objects(
     supersample: int = 2,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    first: int = 0,
 ) -> list[ObjectViews]:
-    """``n_instances`` instances of ``category`` in ``split``, ``n_views`` views of ``size`` px each.
+    """``n_instances`` instances of ``category`` in ``split`` (from the ``first``-th on),
+    ``n_views`` views of ``size`` px each.
 
     ``seed`` seeds both the shapes and the cameras. Renders are cached under ``cache_dir`` (default
     ``default_cache_dir().parent / "objects"``); a progress bar shows while more than one instance
@@ -130,7 +135,7 @@ def load_objects(
         raise DatasetError(
             f"category: unknown object category {category!r}; expected one of {list(CATEGORY_NAMES)}"
         )
-    indices = instance_indices(split, n_instances)
+    indices = instance_indices(split, n_instances, first)
     if n_views < 1 or size < 1 or supersample < 1:
         raise DatasetError(
             f"n_views, size, supersample: expected >= 1, got {n_views}, {size}, {supersample}"

@@ -45,11 +45,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from feature_splat.errors import CheckpointError, InputShapeError, NonFiniteError
+from feature_splat.io.checkpoints import load_strict, read_state_dict
 from feature_splat.teachers.checkpoints import (
     build_seeded,
     file_digest,
-    load_strict,
-    read_state_dict,
     require_checkpoint,
 )
 from feature_splat.teachers.lseg.net import (

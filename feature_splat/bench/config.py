@@ -1,0 +1,108 @@
+"""Configs of the ``feature-splat bench`` commands (plain dataclasses, no heavy imports)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from feature_splat.options import check_choice, check_float, check_int, check_text
+from feature_splat.rasterizer.backends import BACKENDS
+
+
+def _check_sizes(values: tuple[int, ...], name: str, minimum: int = 1) -> None:
+    for value in values:
+        check_int(value, name, minimum)
+
+
+@dataclass
+class RasterBenchConfig:
+    """Time every rasterizer backend (results.json + PNGs)."""
+
+    quick: bool = False
+    """Small grid (N 10k/50k, D 3/16, 256x256, 3 repeats): about a minute."""
+    out: Path = Path("outputs/bench_raster")
+    """Folder for results.json and the PNGs of the rendered scene."""
+    ns: tuple[int, ...] = (10_000, 50_000, 200_000)
+    dims: tuple[int, ...] = (3, 16, 32, 512)
+    sizes: tuple[int, ...] = (256, 512)
+    backends: tuple[str, ...] = ()
+    """Backends to time (default: every one that can run here)."""
+    repeats: int = 5
+    threads: int = 2
+    reference_max_pairs: float = 1.5e8
+    """Skip ``reference`` where pixel x Gaussian pairs exceed this (its autograd graph would need
+    tens of GB); the skip is recorded in the results."""
+
+    def __post_init__(self) -> None:
+        _check_sizes(self.ns, "ns")
+        _check_sizes(self.dims, "dims")
+        _check_sizes(self.sizes, "sizes", 16)
+        for backend in self.backends:
+            check_choice(backend, "backends", BACKENDS)
+        check_int(self.repeats, "repeats", 1)
+        check_int(self.threads, "threads", 1)
+        check_float(self.reference_max_pairs, "reference_max_pairs", positive=True)
+
+    def grid(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
+        if self.quick:
+            return (10_000, 50_000), (3, 16), (256,), 3
+        return self.ns, self.dims, self.sizes, self.repeats
+
+
+@dataclass
+class PromptBenchConfig:
+    """Text prompts, 3D selection and deletion against a built-in world's truth."""
+
+    run: Path
+    """A run folder trained on a built-in world (room, tabletop, street)."""
+    classes: tuple[str, ...] = ("chair", "table", "sofa")
+    threshold: float = 0.5
+    """Relevancy threshold for 2D masks and cosine threshold for 3D selection and deletion."""
+    out: Path | None = None
+    """Output folder for results.json (default: RUN/bench_prompts)."""
+
+    def __post_init__(self) -> None:
+        for name in self.classes:
+            check_text(name, "classes")
+        check_float(self.threshold, "threshold", -1.0, 1.0)
+
+
+@dataclass
+class SamBenchConfig:
+    """SAM from any view: masks and latency against the image encoder."""
+
+    world: str = "tabletop"
+    width: int = 128
+    height: int = 96
+    iterations: int = 600
+    feature_dim: int = 32
+    out: Path = Path("outputs/bench_sam")
+    time_vit_b: bool = True
+    """Also time a full-size ViT-B image encoder at 1024 px (random weights)."""
+
+    def __post_init__(self) -> None:
+        check_text(self.world, "world")
+        check_int(self.width, "width", 16, 4096)
+        check_int(self.height, "height", 16, 4096)
+        check_int(self.iterations, "iterations", 1)
+        check_int(self.feature_dim, "feature_dim", 1)
+
+
+@dataclass
+class SpeedupBenchConfig:
+    """Speed-up decoder: F channels + decoder against rendering the teacher's width."""
+
+    world: str = "room"
+    feature_dims: tuple[int, ...] = (8, 16, 32, 128)
+    """F values trained with a linear decoder to the teacher's width."""
+    direct: bool = True
+    """Also train F = M (the teacher's width) rendered directly, with no decoder."""
+    iterations: int = 600
+    threads: int = 2
+    out: Path = Path("outputs/bench_speedup")
+
+    def __post_init__(self) -> None:
+        check_text(self.world, "world")
+        _check_sizes(self.feature_dims, "feature_dims")
+        check_int(self.iterations, "iterations", 1)
+        check_int(self.threads, "threads", 1)

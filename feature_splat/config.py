@@ -1,0 +1,228 @@
+"""Configs of the top-level ``feature-splat`` commands that work on run folders and datasets.
+
+Plain dataclasses that import no heavy package (the command line builds its parser from them
+quickly); each checks its values in ``__post_init__`` and names the flag at fault. Training's
+config is :class:`~feature_splat.training.config.TrainConfig`; the ``gen`` and ``bench`` commands
+have theirs in their packages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from feature_splat.errors import ConfigError
+from feature_splat.options import check_float, check_int, check_seed, check_text
+from feature_splat.training.config import TeacherName, TrainConfig
+
+
+def _check_views(views: tuple[int, ...]) -> None:
+    for view in views:
+        check_int(view, "views", 0)
+
+
+def _check_threshold(threshold: float) -> None:
+    check_float(threshold, "threshold", -1.0, 1.0)
+
+
+def _check_points(point: tuple[int, ...], labels: tuple[int, ...]) -> None:
+    if len(point) % 2:
+        raise ConfigError(f"--point: expected x y pairs, got {len(point)} numbers")
+    for value in point:
+        check_int(value, "point", 0)
+    if labels and len(labels) != len(point) // 2:
+        raise ConfigError(
+            f"--point-labels: expected one label per point ({len(point) // 2}), got {len(labels)}"
+        )
+    for label in labels:
+        check_int(label, "point_labels", 0, 1)
+
+
+def _check_box(box: tuple[float, float, float, float] | None) -> None:
+    for value in box or ():
+        check_float(value, "box", 0.0)
+
+
+@dataclass
+class EvalConfig:
+    """Re-evaluate a run folder on its held-out views."""
+
+    run: tyro.conf.Positional[Path]
+    allow_torchscript: bool = False
+    """Let a CLIP teacher checkpoint be an OpenAI TorchScript archive (runs code from the file)."""
+
+
+@dataclass
+class RenderConfig:
+    """Render a trained field: dataset views or an orbit; writes RGB, depth and feature PCA PNGs."""
+
+    run: tyro.conf.Positional[Path]
+    views: tuple[int, ...] = ()
+    """Dataset view indices to render (default: the held-out views)."""
+    orbit: int = 0
+    """Render this many views on an orbit around the scene instead."""
+    look_at: tuple[float, float, float, float, float, float] | None = None
+    """Render one camera at EYE looking at TARGET (world coordinates, z up): EX EY EZ TX TY TZ."""
+    out: Path | None = None
+    """Output folder (default: RUN/rendered)."""
+
+    def __post_init__(self) -> None:
+        _check_views(self.views)
+        check_int(self.orbit, "orbit", 0, 3600)
+        for value in self.look_at or ():
+            check_float(value, "look_at")
+
+
+@dataclass
+class QueryConfig:
+    """Ask a run's field a text prompt (relevancy maps, 3D selection count) or, for a SAM-distilled
+    run, SAM point / box prompts on its rendered features."""
+
+    run: tyro.conf.Positional[Path]
+    text: str | None = None
+    """Text prompt (language-aligned teachers)."""
+    point: tuple[int, ...] = ()
+    """SAM point prompt(s) as x y pairs in pixels (SAM-distilled runs)."""
+    point_labels: tuple[int, ...] = ()
+    """1 = foreground, 0 = background, one per point (default: all 1)."""
+    box: tuple[float, float, float, float] | None = None
+    """SAM box prompt x0 y0 x1 y1 in pixels (SAM-distilled runs)."""
+    labels: tuple[str, ...] = ()
+    """Also segment the views over this label set."""
+    views: tuple[int, ...] = ()
+    """Dataset view indices (default: the held-out views)."""
+    threshold: float = 0.5
+    """Relevancy above which a pixel or a Gaussian counts as selected."""
+    out: Path | None = None
+    """Output folder (default: RUN/queries/<prompt>-<hash>, or RUN/queries/sam)."""
+    allow_torchscript: bool = False
+    """Let a CLIP teacher checkpoint be an OpenAI TorchScript archive (runs code from the file)."""
+
+    def __post_init__(self) -> None:
+        if self.text is None and not self.point and self.box is None:
+            raise ConfigError("query: give --text, or --point / --box for a SAM-distilled run")
+        if self.text is not None:
+            check_text(self.text, "text")
+        for label in self.labels:
+            check_text(label, "labels")
+        _check_points(self.point, self.point_labels)
+        _check_box(self.box)
+        _check_views(self.views)
+        _check_threshold(self.threshold)
+
+
+@dataclass
+class EditConfig:
+    """Delete, extract or recolour what a prompt selects; writes a new field to OUT."""
+
+    run: tyro.conf.Positional[Path]
+    op: Literal["delete", "extract", "recolour"]
+    out: Annotated[Path, tyro.conf.arg(aliases=["-o"])]
+    text: str | None = None
+    """Select by a text prompt (per-Gaussian score above --threshold)."""
+    point: tuple[int, ...] = ()
+    """Or select by SAM point prompt(s), x y pairs on dataset view --view (SAM-distilled runs)."""
+    point_labels: tuple[int, ...] = ()
+    box: tuple[float, float, float, float] | None = None
+    """Or a SAM box prompt x0 y0 x1 y1 on --view."""
+    view: int = 0
+    """Dataset view the SAM prompt is given on; its mask is lifted to 3D."""
+    threshold: float = 0.5
+    mode: Literal["relevancy", "cosine"] = "cosine"
+    """Score thresholded per Gaussian: raw cosine of its decoded feature with the text (Feature
+    3DGS's semantics), or LERF relevancy (noisier per Gaussian: hidden Gaussians' features are
+    barely constrained by training and sit near relevancy 0.5)."""
+    color: tuple[float, float, float] = (0.1, 0.8, 0.1)
+    """RGB for --op recolour."""
+    allow_torchscript: bool = False
+    """Let a CLIP teacher checkpoint be an OpenAI TorchScript archive (runs code from the file)."""
+
+    def __post_init__(self) -> None:
+        has_sam = bool(self.point) or self.box is not None
+        if (self.text is None) == (not has_sam):
+            raise ConfigError("edit: give either --text or a SAM --point / --box prompt")
+        if self.text is not None:
+            check_text(self.text, "text")
+        _check_points(self.point, self.point_labels)
+        _check_box(self.box)
+        check_int(self.view, "view", 0)
+        _check_threshold(self.threshold)
+        for value in self.color:
+            check_float(value, "color", 0.0, 1.0)
+
+
+@dataclass
+class EncodeConfig:
+    """Encode every view of a dataset with a teacher into the on-disk feature cache (resumable)."""
+
+    data: tyro.conf.Positional[str]
+    """A built-in world (room, tabletop, street) or a dataset folder."""
+    cache_dir: Path = Path("outputs/cache")
+    teacher: TeacherName = "synthetic"
+    teacher_checkpoint: Path | None = None
+    """Local weights of a foundation-model teacher."""
+    allow_torchscript: bool = False
+    """Let a CLIP teacher checkpoint be an OpenAI TorchScript archive (runs code from the file)."""
+    teacher_model: str | None = None
+    teacher_dim: int = 512
+    teacher_stride: int = 8
+    pca: int | None = None
+    """Store k PCA coefficients per cell instead of the teacher's full width."""
+    batch: int = 8
+    width: int = 128
+    height: int = 96
+    world_seed: int = 0
+    allow_outside_paths: bool = False
+    """Let the dataset's files lie outside its folder."""
+
+    def __post_init__(self) -> None:
+        check_int(self.batch, "batch", 1)
+        self.train_config()  # checks the data and teacher settings
+
+    def train_config(self) -> TrainConfig:
+        """The equivalent training settings (data, teacher): training with them reads this cache."""
+        return TrainConfig(
+            data=self.data, teacher=self.teacher, teacher_checkpoint=self.teacher_checkpoint,
+            allow_torchscript=self.allow_torchscript, teacher_model=self.teacher_model,
+            teacher_dim=self.teacher_dim, teacher_stride=self.teacher_stride,
+            cache_dir=self.cache_dir, teacher_pca=self.pca, width=self.width, height=self.height,
+            world_seed=self.world_seed, allow_outside_paths=self.allow_outside_paths,
+        )  # fmt: skip
+
+
+@dataclass
+class WorldsExportConfig:
+    """Export a built-in synthetic world in nerfstudio format (images, cameras, splits)."""
+
+    name: tyro.conf.Positional[Literal["room", "tabletop", "street"]]
+    out: tyro.conf.Positional[Path]
+    width: int = 128
+    height: int = 96
+    world_seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int(self.width, "width", 1, 16384)
+        check_int(self.height, "height", 1, 16384)
+        check_seed(self.world_seed, "world_seed")
+
+
+@dataclass
+class DemoConfig:
+    """Train on a built-in world, evaluate, answer a text and a point prompt (all synthetic)."""
+
+    out: Path = Path("outputs/demo")
+    """A new run folder is made inside for every demo run."""
+    text: str = "chair"
+    point: tuple[int, int] | None = None
+    """Pixel (x, y) of the first held-out view to prompt with (default: its centre)."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(feature_dim=64))
+    """Training options (``--train.out`` is replaced by the demo's run folder). F = 64: on the
+    oracle teacher's maps, fewer channels squeeze out the small classes (docs/benchmarks.md)."""
+
+    def __post_init__(self) -> None:
+        check_text(self.text, "text")
+        for value in self.point or ():
+            check_int(value, "point", 0)

@@ -1,0 +1,233 @@
+"""Run folders: what a training run writes, and the one loader every command that reads a run uses.
+
+Layout::
+
+    .feature-splat.json  marker: made by feature-splat for a "run" (or an "edit" of one)
+    config.json       the TrainConfig, with absolute paths
+    dataset.json      where the data came from, its views and splits, and a content fingerprint
+    point_cloud.ply   3DGS fields + f_feat_0..F-1 (standard viewers show the RGB part)
+    decoder.pt        speed-up decoder weights, background, SH degree
+    metrics.json      held-out metrics (and the teacher that produced the targets)
+    renders/*.png     per held-out view: truth | RGB | depth | feature PCA | text segmentation
+    checkpoint.pt     full training state (resume with --resume)
+
+Which data a run means is decided once, at training time, and stored resolved: a built-in world by
+its name and seed, a folder by its absolute path. A name of a built-in world (``room``) always
+means the world, even when a folder of that name is in the current directory; write ``./room``
+for the folder. Every load checks the data against the stored fingerprint, so a run is never
+evaluated, rendered or queried on data other than its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from feature_splat.data import Dataset
+from feature_splat.errors import CheckpointError, ConfigError
+from feature_splat.field import FeatureField
+from feature_splat.io import write_json
+from feature_splat.io.feature_cache import image_hash
+from feature_splat.io.outputs import output_kind
+from feature_splat.options import refuse_changed_settings
+from feature_splat.teachers import Teacher
+from feature_splat.teachers.factory import build_teacher
+from feature_splat.training.config import TrainConfig
+
+CONFIG_NAME = "config.json"
+DATASET_NAME = "dataset.json"
+METRICS_NAME = "metrics.json"
+RUN_KIND = "run"
+EDIT_KIND = "edit"
+# Settings a resumed run may change: they do not change what is trained, only for how long,
+# how often it is saved, where it and its cache live, and which rasterizer backend runs it.
+RESUMABLE_CHANGES = ("iterations", "checkpoint_every", "resume", "backend", "out", "cache_dir")
+
+_log = logging.getLogger(__name__)
+
+
+def is_world_name(data: str) -> bool:
+    """Whether ``data`` names a built-in world (those names win over folders, module docstring)."""
+    from feature_splat.data.synthetic import WORLD_NAMES
+
+    return data in WORLD_NAMES
+
+
+def resolved(config: TrainConfig) -> TrainConfig:
+    """``config`` with absolute paths: the data folder (a built-in world keeps its name), the run
+    folder, the cache and the teacher's checkpoint."""
+
+    def absolute(path: Path | None) -> Path | None:
+        return None if path is None else Path(path).expanduser().resolve()
+
+    data = config.data if is_world_name(config.data) else str(absolute(Path(config.data)))
+    return dataclasses.replace(
+        config,
+        data=data,
+        out=absolute(config.out),
+        cache_dir=absolute(config.cache_dir),
+        teacher_checkpoint=absolute(config.teacher_checkpoint),
+    )
+
+
+def load_scene(config: TrainConfig) -> Dataset:
+    """The dataset named by ``config.data``: a built-in world or a dataset folder."""
+    from feature_splat.data.loading import load_dataset
+    from feature_splat.data.synthetic import load_world
+
+    if is_world_name(config.data):
+        if Path(config.data).exists():
+            _log.warning(
+                "'%s' names the built-in world; the folder ./%s is not used (write ./%s for it)",
+                config.data, config.data, config.data,
+            )  # fmt: skip
+        return load_world(
+            config.data, width=config.width, height=config.height, seed=config.world_seed
+        )
+    return load_dataset(config.data, allow_outside_paths=config.allow_outside_paths)
+
+
+def make_teacher(config: TrainConfig, dataset: Dataset) -> Teacher:
+    """The teacher named by ``config.teacher``, set up for ``dataset``."""
+    return build_teacher(
+        config.teacher,
+        dataset,
+        checkpoint=config.teacher_checkpoint,
+        model=config.teacher_model,
+        dim=config.teacher_dim,
+        stride=config.teacher_stride,
+        allow_torchscript=config.allow_torchscript,
+    )
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """SHA-256 of what training sees of a dataset: image content (8-bit), masks, cameras, names
+    and splits."""
+    digest = hashlib.sha256()
+    layout = [dataset.width, dataset.height, dataset.image_names, dataset.train_indices,
+              dataset.test_indices]  # fmt: skip
+    digest.update(json.dumps(layout).encode())
+    digest.update(dataset.cameras.viewmats.float().contiguous().numpy().tobytes())
+    digest.update(dataset.cameras.Ks.float().contiguous().numpy().tobytes())
+    for image in dataset.images:
+        digest.update(image_hash(image).encode())
+    if dataset.masks is not None:
+        digest.update(dataset.masks.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def dataset_record(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
+    """What ``dataset.json`` holds."""
+    return {
+        "source": config.data,
+        "world_seed": config.world_seed if is_world_name(config.data) else None,
+        "views": len(dataset),
+        "width": dataset.width,
+        "height": dataset.height,
+        "train_views": len(dataset.train_indices),
+        "test_views": len(dataset.test_indices),
+        "fingerprint": dataset_fingerprint(dataset),
+    }
+
+
+def write_manifest(run_dir: Path, config: TrainConfig, dataset: Dataset) -> None:
+    """Write ``config.json`` and ``dataset.json`` (``config`` with resolved paths)."""
+    write_json(run_dir / DATASET_NAME, dataset_record(config, dataset))
+    write_json(run_dir / CONFIG_NAME, config.to_dict())
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a started training run (marked, with its config written)."""
+    return output_kind(folder) == RUN_KIND and (folder / CONFIG_NAME).is_file()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (not a complete run folder)") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_config(run_dir: Path) -> TrainConfig:
+    """The TrainConfig stored in a run folder; any bad field is a CheckpointError naming it."""
+    path = run_dir / CONFIG_NAME
+    data = _read_json(path)
+    try:
+        return TrainConfig.from_dict(data)
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    except (TypeError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a config this version can read ({err})") from None
+
+
+def check_resume(run_dir: Path, config: TrainConfig, dataset: Dataset) -> None:
+    """Refuse to resume a run with other data or model settings than it was started with."""
+    stored = read_config(run_dir).to_dict()
+    refuse_changed_settings(str(run_dir / CONFIG_NAME), stored, config.to_dict(), RESUMABLE_CHANGES)
+    _check_data(run_dir, dataset)
+
+
+def _check_data(run_dir: Path, dataset: Dataset) -> None:
+    path = run_dir / DATASET_NAME
+    record = _read_json(path)
+    if record.get("fingerprint") != dataset_fingerprint(dataset):
+        raise CheckpointError(
+            f"{path}: the data at {record.get('source')} is not what this run was trained on "
+            f"(its content fingerprint differs: images, cameras, names or splits changed)"
+        )
+
+
+class Run:
+    """A run folder opened for reading: its config at once; dataset, teacher and field on first use.
+
+    ``allow_torchscript`` lets the teacher load an OpenAI TorchScript archive (code runs from it);
+    it is never read from the folder.
+    """
+
+    def __init__(self, path: str | Path, *, allow_torchscript: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise CheckpointError(f"{self.path}: run folder does not exist")
+        if output_kind(self.path) not in (RUN_KIND, EDIT_KIND):
+            raise CheckpointError(
+                f"{self.path}: not a run folder (made by `feature-splat train` or `edit`)"
+            )
+        config = read_config(self.path)
+        self.config = dataclasses.replace(config, allow_torchscript=allow_torchscript)
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        """The run's data, checked against its fingerprint."""
+        dataset = load_scene(self.config)
+        _check_data(self.path, dataset)
+        return dataset
+
+    @cached_property
+    def teacher(self) -> Teacher:
+        return make_teacher(self.config, self.dataset)
+
+    @cached_property
+    def field(self) -> FeatureField:
+        return FeatureField.load(self.path)
+
+    def views(self, chosen: list[int]) -> list[int]:
+        """``chosen`` dataset view indices (default: the held-out views), range-checked."""
+        dataset = self.dataset
+        views = chosen or dataset.test_indices
+        bad = [v for v in views if not 0 <= v < len(dataset)]
+        if bad:
+            raise ConfigError(f"--views: indices {bad} outside 0..{len(dataset) - 1}")
+        if not views:
+            raise ConfigError(f"--views: {self.path} has no held-out views; name views to use")
+        return views
+
