@@ -22,6 +22,7 @@ demo: $(VENV)/.installed
 # pytest exits 5 when it collects no test: that is a failure here, never a silent pass.
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-test

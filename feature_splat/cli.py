@@ -67,7 +67,9 @@ class WorldsCommands:
 
     command: (
         Annotated[WorldsListConfig, _sub("list", "list the built-in worlds", True)]
-        | Annotated[WorldsExportConfig, _sub("export", "a built-in world in nerfstudio format", True)]
+        | Annotated[
+            WorldsExportConfig, _sub("export", "a built-in world in nerfstudio format", True)
+        ]
     )
 
 
@@ -89,7 +91,9 @@ class BenchCommands:
 
     command: (
         Annotated[RasterBenchConfig, _sub("raster", "rasterizer backends: time, memory", True)]
-        | Annotated[PromptBenchConfig, _sub("prompts", "prompts and edits vs a world's truth", True)]
+        | Annotated[
+            PromptBenchConfig, _sub("prompts", "prompts and edits vs a world's truth", True)
+        ]
         | Annotated[SamBenchConfig, _sub("sam", "SAM from any view vs the image encoder", True)]
         | Annotated[SpeedupBenchConfig, _sub("speedup", "speed-up decoder vs the full width", True)]
     )

@@ -59,9 +59,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, ob
     marked = overlay_rgb(image, chosen, (0.2, 0.4, 1.0))
     marked[max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2] = torch.tensor([1.0, 1.0, 0.0])
     point_png = run_dir / f"point_{x}_{y}.png"
-    write_png(
-        point_png, torch.cat([image, heat_rgb(affinity, 0.0, 1.0), marked], dim=1)
-    )
+    write_png(point_png, torch.cat([image, heat_rgb(affinity, 0.0, 1.0), marked], dim=1))
     point_class = (
         dataset.class_names[int(dataset.labels[view, y, x])] if dataset.labels is not None else None
     )

@@ -109,7 +109,9 @@ class FeatureField:
         saved = read_checkpoint(path, "decoder file")
         if not isinstance(saved, dict) or not {"decoder_config", "decoder_state"} <= set(saved):
             raise CheckpointError(f"{path}: expected decoder_config and decoder_state entries")
-        decoder = SpeedUpDecoder.from_state(saved["decoder_config"], saved["decoder_state"], str(path))
+        decoder = SpeedUpDecoder.from_state(
+            saved["decoder_config"], saved["decoder_state"], str(path)
+        )
         background, sh_degree = saved.get("background"), saved.get("sh_degree")
         if decoder.in_dim != gaussians.feature_dim:
             raise CheckpointError(

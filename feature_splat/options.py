@@ -52,8 +52,7 @@ def check_float(
         ]
         wanted = " and ".join(b for b in bounds if b)
         raise ConfigError(
-            f"{flag(name)}: expected a finite number{' ' + wanted if wanted else ''}, "
-            f"got {value!r}"
+            f"{flag(name)}: expected a finite number{' ' + wanted if wanted else ''}, got {value!r}"
         )
 
 

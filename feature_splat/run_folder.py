@@ -230,4 +230,3 @@ class Run:
         if not views:
             raise ConfigError(f"--views: {self.path} has no held-out views; name views to use")
         return views
-

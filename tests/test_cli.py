@@ -78,8 +78,10 @@ def test_help_does_not_import_torch() -> None:
         (["query", "run", "--point", "3", "4", "--point-labels", "2"], "--point-labels"),
         (["query", "run"], "give --text, or --point / --box"),
         (["edit", "run", "--op", "delete", "-o", "x"], "give either --text or a SAM"),
-        (["edit", "run", "--op", "recolour", "-o", "x", "--text", "a", "--color", "2", "0", "0"],
-         "--color"),
+        (
+            ["edit", "run", "--op", "recolour", "-o", "x", "--text", "a", "--color", "2", "0", "0"],
+            "--color",
+        ),
         (["render", "run", "--look-at", "0", "0", "nan", "1", "1", "1"], "--look-at"),
         (["eval", "/nonexistent/run"], "/nonexistent/run: run folder does not exist"),
         (["gen", "train", "o", "--input-views", "10"], "exceeds the 12 views per instance"),

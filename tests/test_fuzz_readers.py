@@ -150,7 +150,8 @@ def apply_text_edits(text: str, edits: list[tuple]) -> str:
 
 
 def _value_paths(value: Any, path: tuple = ()) -> list[tuple]:
-    """Paths (keys and indices) to every value nested in a JSON document, itself first."""
+    """Paths (keys and indices) to every value nested in a JSON document or a checkpoint's
+    dicts and lists, itself first."""
     paths = [path]
     children = (
         value.items()
@@ -181,16 +182,63 @@ def mutate_json(data: st.DataObject, document: Any) -> Any:
     return document
 
 
+TENSOR_VALUES = st.one_of(
+    st.tuples(st.lists(st.integers(0, 5), max_size=3), st.sampled_from(["float", "nan", "int"])),
+    st.just(((10**9,), "meta")),  # a shape that would not fit in memory
+)
+
+
+def _tensor(spec: tuple) -> Any:
+    import torch
+
+    shape, kind = spec
+    if kind == "meta":  # only its declared size is large: torch.save stores no data for meta
+        return torch.empty(shape, device="meta")
+    if kind == "int":
+        return torch.arange(math.prod(shape)).reshape(shape)
+    values = torch.randn(shape)
+    return values.fill_(math.nan) if kind == "nan" else values
+
+
+def mutate_checkpoint(data: st.DataObject, content: bytes) -> bytes:
+    """A ``torch.save`` file whose contents had a few values replaced (by JSON-like values or
+    tensors of other shapes, dtypes, NaN) or deleted."""
+    import torch
+
+    document = torch.load(io.BytesIO(content), weights_only=True)
+    for _ in range(data.draw(st.integers(1, 3), label="edits")):
+        paths = _value_paths(document)[1:]
+        *parent_path, key = data.draw(st.sampled_from(paths), label="path")
+        parent = document
+        for step in parent_path:
+            parent = parent[step]
+        choice = data.draw(st.sampled_from(["delete", "value", "tensor"]), label="edit")
+        if choice == "delete" and isinstance(parent, dict):
+            del parent[key]
+        elif choice == "tensor":
+            parent[key] = _tensor(data.draw(TENSOR_VALUES, label="tensor"))
+        else:
+            parent[key] = data.draw(EXTREME_JSON | JSON_VALUES, label="value")
+    buffer = io.BytesIO()
+    torch.save(document, buffer)
+    return buffer.getvalue()
+
+
 def mutate_file(data: st.DataObject, name: str, content: bytes) -> bytes:
-    """``content`` after byte edits, text edits (text files and PLY headers) or JSON edits."""
+    """``content`` after byte edits, text edits (text files and PLY headers), JSON edits or
+    (``.pt`` files) edits of the saved values."""
     kinds = ["bytes"]
     if name.endswith((".txt", ".json", ".ply")):
         kinds.append("text")
     if name.endswith(".json"):
         kinds += ["json", "json"]
+    if name.endswith(".pt"):
+        kinds += ["checkpoint", "checkpoint", "checkpoint"]
     kind = data.draw(st.sampled_from(kinds), label="kind")
     if kind == "bytes":
         return apply_byte_edits(content, data.draw(st.lists(BYTE_EDIT, min_size=1, max_size=4)))
+    if kind == "checkpoint":
+        return mutate_checkpoint(data, content)
     if kind == "json":
         document = mutate_json(data, json.loads(content))
         return json.dumps(document).encode()
@@ -442,3 +490,75 @@ def test_the_unmutated_files_are_valid(tmp_path: Path) -> None:
         assert len(read_ply(tmp_path / f"g_{encoding}.ply")) == 3
         (tmp_path / f"p_{encoding}.ply").write_bytes(ply(point_records(), encoding))
         assert len(read_ply_points(tmp_path / f"p_{encoding}.ply")[0]) == 4
+
+
+# ---- the checkpoint and model loaders ----
+
+
+def _saved(obj: Any) -> bytes:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def field_files() -> Files:
+    """A field folder: a PLY of 3 Gaussians with 2 features (plyfile) and its decoder file."""
+    import torch
+
+    linear = torch.nn.Linear(2, 5)
+    decoder = {"decoder_config": {"in_dim": 2, "out_dim": 5, "hidden": [], "identity": False},
+               "decoder_state": {f"layers.0.{k}": v for k, v in linear.state_dict().items()},
+               "background": torch.zeros(5), "sh_degree": 1}  # fmt: skip
+    return {"point_cloud.ply": ply(gaussian_records(), "le"), "decoder.pt": _saved(decoder)}
+
+
+def test_fuzz_field_loader() -> None:
+    from feature_splat.field import FeatureField
+
+    files = field_files()
+    outcomes = fuzz(
+        "FeatureField.load", files, ["decoder.pt", "decoder.pt", "point_cloud.ply"],
+        lambda root, _: FeatureField.load(root),
+    )  # fmt: skip
+    assert outcomes["valid"] > 0 and outcomes["FeatureSplatError"] > 0
+
+
+def _tiny_trainer(out: Path):
+    import torch
+
+    from feature_splat.cameras import orbit
+    from feature_splat.data import Dataset
+    from feature_splat.training import TrainConfig, Trainer
+
+    cameras = orbit(3, 3.0, 16, 12)
+    dataset = Dataset(torch.rand(3, 12, 16, 3), cameras, ["a", "b", "c"], [0, 1], [2],
+                      points=torch.randn(40, 3))  # fmt: skip
+    config = TrainConfig(out=out, feature_dim=2, teacher_dim=4, teacher_stride=4, iterations=4,
+                         init_points=40, sh_degree=1)  # fmt: skip
+    return Trainer(config, dataset, torch.zeros(3, 3, 4, 4, dtype=torch.float16), 4, 4)
+
+
+def test_fuzz_training_checkpoint_loader(tmp_path: Path) -> None:
+    trainer = _tiny_trainer(tmp_path)
+    trainer.train(show_progress=False, until=2)
+    files = {"checkpoint.pt": trainer.save_checkpoint().read_bytes()}
+    outcomes = fuzz(
+        "Trainer.load_checkpoint", files, ["checkpoint.pt"],
+        lambda root, _: _tiny_trainer(root).load_checkpoint(),
+    )  # fmt: skip
+    assert outcomes["valid"] > 0 and outcomes["FeatureSplatError"] > 0
+
+
+def test_fuzz_predictor_loader(tmp_path: Path) -> None:
+    from feature_splat.generalizable.config import PredictorConfig
+    from feature_splat.generalizable.network import GaussianPredictor
+    from feature_splat.generalizable.training import load_model, save_model
+
+    model = GaussianPredictor(PredictorConfig(feature_dim=2, teacher_dim=4, widths=(4, 8)))
+    files = {"model.pt": save_model(tmp_path / "model.pt", model).read_bytes()}
+    outcomes = fuzz(
+        "load_model", files, ["model.pt"], lambda root, _: load_model(root / "model.pt")
+    )
+    assert outcomes["FeatureSplatError"] > 0  # nearly every edit breaks a network's weights

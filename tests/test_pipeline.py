@@ -34,7 +34,9 @@ def test_world_export_round_trips_through_nerfstudio_and_blender(tiny_world, tmp
         torch.testing.assert_close(
             back.cameras.viewmats, tiny_world.cameras.viewmats[source], atol=1e-5, rtol=0
         )
-        torch.testing.assert_close(back.cameras.Ks, tiny_world.cameras.Ks[source], atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            back.cameras.Ks, tiny_world.cameras.Ks[source], atol=1e-4, rtol=0
+        )
         # 8-bit PNGs: each pixel within half a step of the float original.
         assert float((back.images - tiny_world.images[source]).abs().max()) <= 0.5 / 255 + 1e-6
 
@@ -81,7 +83,9 @@ def test_cli_train_eval_render_on_a_tiny_world(tmp_path, monkeypatch, capsys) ->
         assert row["psnr"] == pytest.approx(-10 * math.log10(mse), abs=1e-3)
     assert "already holds a run" in cli_error(["train", "tabletop", "--out", str(run)], capsys)
     main(["eval", str(run)])
-    assert json.loads((run / "metrics.json").read_text())["train_seconds"] == metrics["train_seconds"]
+    assert (
+        json.loads((run / "metrics.json").read_text())["train_seconds"] == metrics["train_seconds"]
+    )
     main(["render", str(run), "--orbit", "2"])
     assert len(list((run / "rendered").glob("orbit_*.png"))) == 2
     main(["render", str(run), "--look-at", "2", "2", "1.5", "0", "0", "0.5"])
@@ -103,7 +107,9 @@ def test_cli_train_eval_render_on_a_tiny_world(tmp_path, monkeypatch, capsys) ->
     table = world.class_names.index("table")
     assert row["removed_pixels"] == int((world.labels[world.test_indices] == table).sum())
     assert {"extract_psnr_inside_class", "extract_psnr_outside_class"} <= set(row)
-    error = cli_error(["edit", str(run), "--text", "table", "--op", "extract", "-o", str(run)], capsys)
+    error = cli_error(
+        ["edit", str(run), "--text", "table", "--op", "extract", "-o", str(run)], capsys
+    )
     assert "holds feature-splat 'run' output" in error
 
 

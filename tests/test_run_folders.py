@@ -95,7 +95,9 @@ def test_outputs_never_land_in_a_dataset_or_a_run(tmp_path, capsys) -> None:
     mine = tmp_path / "my-notes"
     mine.mkdir()
     (mine / "todo.txt").write_text("keep me")
-    assert "not made by feature-splat" in cli_error(["render", str(run), "--out", str(mine)], capsys)
+    assert "not made by feature-splat" in cli_error(
+        ["render", str(run), "--out", str(mine)], capsys
+    )
     assert tree(mine) == {mine / "todo.txt"}
     main(["render", str(run), "--orbit", "2", "--out", str(tmp_path / "views")])
     main(["render", str(run), "--orbit", "3", "--out", str(tmp_path / "views")])  # ours: reused
@@ -155,7 +157,9 @@ def test_a_run_is_tied_to_its_data(tmp_path, sam_checkpoint, capsys, monkeypatch
     monkeypatch.chdir(tmp_path)
     main(["train", "scene", "--out", "run", *sam_args(sam_checkpoint)])
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["data"] == str(data.resolve()) and Path(config["teacher_checkpoint"]).is_absolute()
+    assert (
+        config["data"] == str(data.resolve()) and Path(config["teacher_checkpoint"]).is_absolute()
+    )
     elsewhere = tmp_path / "elsewhere"
     write_scene(elsewhere / "scene", n_views=6)  # a different 'scene' beside the new cwd
     monkeypatch.chdir(elsewhere)
@@ -163,7 +167,9 @@ def test_a_run_is_tied_to_its_data(tmp_path, sam_checkpoint, capsys, monkeypatch
     pixels = np.asarray(Image.open(data / "images" / "003.png")).copy()
     pixels[0, 0] = 255 - pixels[0, 0]
     Image.fromarray(pixels).save(data / "images" / "003.png")
-    assert "is not what this run was trained on" in cli_error(["eval", str(tmp_path / "run")], capsys)
+    assert "is not what this run was trained on" in cli_error(
+        ["eval", str(tmp_path / "run")], capsys
+    )
     error = cli_error(["train", str(data), "--out", str(tmp_path / "run"), *sam_args(sam_checkpoint),
                        "--resume"], capsys)  # fmt: skip
     assert "is not what this run was trained on" in error
@@ -180,7 +186,9 @@ def test_a_built_in_world_name_wins_over_a_folder_of_that_name(tmp_path, monkeyp
 def test_world_seed_and_training_seed_are_separate(tmp_path) -> None:
     for name, extra in (("a", []), ("b", ["--seed", "1"]), ("c", ["--world-seed", "1"])):
         main(["train", "tabletop", "--out", str(tmp_path / name), *WORLD, *extra])
-    prints = {n: json.loads((tmp_path / n / "dataset.json").read_text())["fingerprint"] for n in "abc"}
+    prints = {
+        n: json.loads((tmp_path / n / "dataset.json").read_text())["fingerprint"] for n in "abc"
+    }
     assert prints["a"] == prints["b"] != prints["c"]
     a, b = (FeatureField.load(tmp_path / n).gaussians.means for n in "ab")
     assert not torch.equal(a, b)  # the training seed still changes the training
@@ -205,7 +213,9 @@ def test_a_run_that_stopped_before_its_first_checkpoint_resumes_from_zero(
         assert "No space left on device" in cli_error(["train", "tabletop", "--out", str(run),
                                                         *WORLD], capsys)  # fmt: skip
     assert (run / "config.json").is_file() and not (run / "checkpoint.pt").exists()
-    assert "already holds a run" in cli_error(["train", "tabletop", "--out", str(run), *WORLD], capsys)
+    assert "already holds a run" in cli_error(
+        ["train", "tabletop", "--out", str(run), *WORLD], capsys
+    )
     main(["train", "tabletop", "--out", str(run), *WORLD, "--resume"])
     assert "no checkpoint yet: starting from step 0" in capsys.readouterr().out
     assert json.loads((run / "metrics.json").read_text())["iterations"] == 12
@@ -253,7 +263,9 @@ def test_an_empty_selection_is_a_valid_edit(tmp_path) -> None:
     main(["render", str(tmp_path / "nothing"), "--views", "0"])
     main(["edit", str(run), "--text", "mug", "--threshold", "1.0", "--op", "delete",
           "-o", str(tmp_path / "all")])  # fmt: skip
-    assert len(FeatureField.load(tmp_path / "all").gaussians) == len(FeatureField.load(run).gaussians)
+    assert len(FeatureField.load(tmp_path / "all").gaussians) == len(
+        FeatureField.load(run).gaussians
+    )
 
 
 def test_decoder_files_that_lie_about_their_size_or_hold_nan_are_refused(tmp_path, capsys) -> None:
@@ -290,5 +302,7 @@ def test_a_predictor_file_declaring_a_huge_network_is_refused(tmp_path) -> None:
         load_model(tmp_path / "model.pt")
     saved["config"]["widths"] = [10**9]
     torch.save(saved, tmp_path / "model.pt")
-    with pytest.raises(CheckpointError, match=r"--model.widths: expected a whole number in 1..4096"):
+    with pytest.raises(
+        CheckpointError, match=r"--model.widths: expected a whole number in 1..4096"
+    ):
         load_model(tmp_path / "model.pt")

@@ -63,7 +63,9 @@ def test_train_distils_a_tiny_clip_through_the_real_loading_path(tmp_path, monke
           "--width", "48", "--height", "36", "--init-points", "1000", "--feature-dim", "8",
           "--cache-dir", str(tmp_path / "features")])  # fmt: skip
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["teacher"] == "clip" and metrics["teacher_config_id"].startswith("clip-fs-factory")
+    assert metrics["teacher"] == "clip" and metrics["teacher_config_id"].startswith(
+        "clip-fs-factory"
+    )
     world = load_world("tabletop", width=48, height=36)
     present = [world.class_names[k] for k in torch.unique(world.labels).tolist()]
     assert metrics["labels"] == present and set(metrics["per_class_iou_vs_truth"]) <= set(present)

@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 from feature_splat.errors import CheckpointError, InputShapeError
 
+MAX_WIDTH = 1 << 16  # channels per layer: far above any teacher's width (LSeg, CLIP: 512-1024)
+
 
 class SpeedUpDecoder(nn.Module):
     """Maps features [..., F] to [..., M]; linear unless ``hidden`` widths are given.
@@ -27,8 +29,11 @@ class SpeedUpDecoder(nn.Module):
         self, in_dim: int, out_dim: int, hidden: tuple[int, ...] = (), identity: bool = False
     ) -> None:
         super().__init__()
-        if in_dim < 1 or out_dim < 1:
-            raise InputShapeError(f"SpeedUpDecoder: dims must be >= 1, got {in_dim} -> {out_dim}")
+        if not all(1 <= width <= MAX_WIDTH for width in (in_dim, *hidden, out_dim)):
+            raise InputShapeError(
+                f"SpeedUpDecoder: widths must be 1..{MAX_WIDTH}, got {in_dim} -> {out_dim} "
+                f"(hidden {list(hidden)})"
+            )
         if identity and (in_dim != out_dim or hidden):
             raise InputShapeError(
                 f"SpeedUpDecoder: identity needs equal widths and no hidden layers, got {in_dim} -> {out_dim}"

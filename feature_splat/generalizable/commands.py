@@ -208,7 +208,9 @@ def _input_views(config: GenPredictConfig) -> tuple[torch.Tensor, Cameras]:
         dataset: Dataset = load_dataset(config.data, allow_outside_paths=config.allow_outside_paths)
         bad = [v for v in views if not 0 <= v < len(dataset)]
         if bad:
-            raise ConfigError(f"--views: indices {bad} outside 0..{len(dataset) - 1} ({config.data})")
+            raise ConfigError(
+                f"--views: indices {bad} outside 0..{len(dataset) - 1} ({config.data})"
+            )
         return dataset.images[views], dataset.cameras[torch.tensor(views)]
     (instance,) = load_objects(
         config.category, config.split, n_instances=1, first=config.index,

@@ -273,7 +273,10 @@ def load_model(path: Path) -> tuple[GaussianPredictor, dict]:
     if not isinstance(saved, dict) or not {"config", "state"} <= set(saved):
         raise CheckpointError(f"{path}: expected 'config' and 'state' entries (a predictor file)")
     try:
-        config = PredictorConfig.from_dict(saved.pop("config"))
+        stored = saved.pop("config")
+        if not isinstance(stored, dict):
+            raise TypeError(f"expected a dict, got {type(stored).__name__}")
+        config = PredictorConfig.from_dict(stored)
     except (ConfigError, TypeError, KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: config: {err}") from None
     model = build_checked(lambda: GaussianPredictor(config), saved.pop("state"), str(path))

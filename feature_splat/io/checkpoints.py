@@ -24,14 +24,38 @@ M = TypeVar("M", bound=nn.Module)
 
 
 def read_checkpoint(path: str | Path, what: str = "PyTorch checkpoint") -> Any:
-    """The contents of a ``torch.save`` file, loaded with ``weights_only=True`` on the CPU."""
+    """The contents of a ``torch.save`` file, loaded with ``weights_only=True`` on the CPU. Every
+    tensor in it must be an ordinary CPU tensor (a ``meta`` tensor declares any size at no cost
+    in the file)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types on corrupt or code-carrying files
         raise CheckpointError(f"{path}: not a readable {what} ({_first_line(err)})") from None
+    try:
+        odd = next(_unusual_tensors(data), None)
+    except RecursionError:
+        raise CheckpointError(f"{path}: nested too deeply to be a {what}") from None
+    if odd is not None:
+        raise CheckpointError(
+            f"{path}: holds a {odd.layout} tensor on {odd.device}; a {what} holds plain CPU tensors"
+        )
+    return data
+
+
+def _unusual_tensors(value: Any):
+    """The tensors nested in ``value`` that are not dense CPU tensors."""
+    if isinstance(value, Tensor):
+        if value.device.type != "cpu" or value.layout != torch.strided:
+            yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _unusual_tensors(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _unusual_tensors(item)
 
 
 def _first_line(err: Exception) -> str:
@@ -91,6 +115,8 @@ def build_checked(build: Callable[[], M], state: Any, source: str) -> M:
             skeleton = build()
     except FeatureSplatError as err:
         raise CheckpointError(f"{source}: {err}") from None
+    except Exception as err:  # the stored config does not describe a model torch can build
+        raise CheckpointError(f"{source}: its config describes no valid model ({err})") from None
     check_state(skeleton, state, source)
     for key, value in state.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):

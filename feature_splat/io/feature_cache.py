@@ -14,8 +14,6 @@ With ``pca_dim = k`` the features are projected on a k-dimensional basis fitted 
 from __future__ import annotations
 
 import hashlib
-import io
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,8 @@ from rich.progress import track
 from torch import Tensor
 
 from feature_splat.errors import ConfigError, InputShapeError
-from feature_splat.io.files import atomic_write_bytes
+from feature_splat.io.files import write_npz
+from feature_splat.io.npz_cache import ArraySpec, read_cached
 from feature_splat.io.outputs import prepare_output
 from feature_splat.teachers.base import Teacher
 
@@ -76,61 +75,36 @@ class FeatureCache:
             names.append("pca.npz")
         return sum((folder / n).stat().st_size for n in names if (folder / n).is_file())
 
+    def _ids(self, **more: object) -> dict[str, object]:
+        return {"format": FORMAT, "config_id": self.teacher.config_id, **more}
+
     def _read(self, path: Path, key: str, channels: int) -> Tensor | None:
         """The stored array, or None when missing or not trustworthy (then it is recomputed)."""
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                ok = (
-                    int(data["format"]) == FORMAT
-                    and str(data["config_id"]) == self.teacher.config_id
-                    and str(data["image"]) == key
-                )
-                values = data["features"] if ok else None
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            return None
-        if (
-            values is None
-            or values.dtype != np.float16
-            or values.ndim != 3
-            or values.shape[-1] != channels
-        ):
-            return None
-        tensor = torch.from_numpy(values.astype(np.float32))
-        return tensor if bool(torch.isfinite(tensor).all()) else None
+        spec = ArraySpec((None, None, channels), np.float16, finite=True)
+        arrays, _ = read_cached(path, self._ids(image=key), {"features": spec})
+        return None if arrays is None else torch.from_numpy(arrays["features"].astype(np.float32))
 
     def _write(self, path: Path, key: str, values: Tensor) -> None:
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            format=np.array(FORMAT),
-            config_id=np.array(self.teacher.config_id),
-            image=np.array(key),
-            features=values.detach().cpu().numpy().astype(np.float16),
-        )
-        atomic_write_bytes(path, buffer.getvalue())
+        features = values.detach().cpu().numpy().astype(np.float16)
+        ids = {name: np.array(value) for name, value in self._ids(image=key).items()}
+        write_npz(path, {**ids, "features": features}, compress=False)
 
     # -- PCA ------------------------------------------------------------------------------------
     def _read_basis(self, folder: Path) -> tuple[Tensor, Tensor] | None:
         """The dataset's PCA (mean [M], basis [M, k]), or None if missing or not trustworthy."""
-        try:
-            with np.load(folder / "pca.npz", allow_pickle=False) as data:
-                if str(data["config_id"]) != self.teacher.config_id:
-                    return None
-                mean = torch.from_numpy(data["mean"].astype(np.float32))
-                basis = torch.from_numpy(data["basis"].astype(np.float32))
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        dim, k = self.teacher.dim, self.pca_dim
+        specs = {"mean": ArraySpec((dim,), finite=True), "basis": ArraySpec((dim, k), finite=True)}
+        arrays, _ = read_cached(folder / "pca.npz", self._ids(), specs)
+        if arrays is None:
             return None
-        return (mean, basis) if basis.shape == (self.teacher.dim, self.pca_dim) else None
+        return tuple(torch.from_numpy(arrays[n].astype(np.float32)) for n in ("mean", "basis"))
 
     def _fit_basis(self, folder: Path, sample: Tensor) -> tuple[Tensor, Tensor]:
         mean = sample.mean(0)
         _, _, basis = torch.pca_lowrank(sample - mean, q=self.pca_dim, center=False, niter=6)
-        buffer = io.BytesIO()
-        np.savez(buffer, config_id=np.array(self.teacher.config_id), mean=mean.numpy(),
-                 basis=basis.numpy())  # fmt: skip
-        atomic_write_bytes(folder / "pca.npz", buffer.getvalue())
+        ids = {name: np.array(value) for name, value in self._ids().items()}
+        write_npz(folder / "pca.npz", {**ids, "mean": mean.numpy(), "basis": basis.numpy()},
+                  compress=False)  # fmt: skip
         return mean, basis
 
     # -- the main entry point -------------------------------------------------------------------

@@ -44,10 +44,10 @@ def write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
-def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write named arrays as a compressed ``.npz``, atomically."""
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray], compress: bool = True) -> Path:
+    """Write named arrays as an ``.npz`` (compressed unless ``compress`` is False), atomically."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    (np.savez_compressed if compress else np.savez)(buffer, **arrays)
     return atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -16,8 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from feature_splat.data.dataset import Dataset
 from feature_splat.data.synthetic.worlds import World, build_world
 from feature_splat.errors import DatasetError
 from feature_splat.io.files import write_npz
+from feature_splat.io.npz_cache import ArraySpec, read_cached
 
 CACHE_FORMAT = 1
 TEST_EVERY = 8
@@ -169,24 +168,14 @@ def _sample_points(
 
 def _read_cache(path: Path, key: str, shape: tuple[int, int, int]) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None (with a warning) if the file is unreadable or does not match."""
-    names = ("images", "depths", "labels", "instances", "points", "point_colors")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in (*names, "key")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        _log.warning("synthetic world cache %s is unreadable (%s); regenerating", path, error)
-        return None
-    problems = []
-    if str(arrays.pop("key")) != key:
-        problems.append("key mismatch")
-    if arrays["images"].shape != (*shape, 3):
-        problems.append(f"images shape {arrays['images'].shape}")
-    for name in ("depths", "labels", "instances"):
-        if arrays[name].shape != shape:
-            problems.append(f"{name} shape {arrays[name].shape}")
-    if arrays["points"].shape != arrays["point_colors"].shape or arrays["points"].shape[1:] != (3,):
-        problems.append("points / point_colors shapes")
-    if problems:
-        _log.warning("synthetic world cache %s does not match (%s); regenerating", path, problems)
-        return None
+    specs = {
+        "images": ArraySpec((*shape, 3)), "depths": ArraySpec(shape), "labels": ArraySpec(shape),
+        "instances": ArraySpec(shape), "points": ArraySpec((None, 3)),
+        "point_colors": ArraySpec((None, 3)),
+    }  # fmt: skip
+    arrays, problem = read_cached(path, {"key": key}, specs)
+    if arrays is not None and arrays["points"].shape != arrays["point_colors"].shape:
+        arrays, problem = None, "points and point_colors differ in length"
+    if arrays is None:
+        _log.warning("synthetic world cache %s cannot be used (%s); regenerating", path, problem)
     return arrays

@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import zipfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +33,13 @@ from feature_splat.data.synthetic.load import default_cache_dir
 from feature_splat.data.synthetic.objects import CATEGORY_NAMES, ObjectInstance, build_object
 from feature_splat.errors import DatasetError
 from feature_splat.io.files import write_npz
+from feature_splat.io.npz_cache import ArraySpec, read_cached
 
 SPLITS = ("train", "test")
 TEST_OFFSET = 100_000  # instance index of the first test instance
 CACHE_FORMAT = 1  # bump whenever the arrays change for the same instance and cameras
 OCCLUSION_TOLERANCE = 0.02  # a keypoint is occluded if the surface is this many diagonals nearer
 
-_ARRAYS = ("rgb", "depth", "normals", "parts")
 _log = logging.getLogger(__name__)
 
 
@@ -254,23 +252,13 @@ def _cache_key(
 
 def _read_cache(path: Path, key: str, shape: tuple[int, int, int]) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None (with a warning) if the file is unreadable or does not match."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in (*_ARRAYS, "key")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        _log.warning("object views cache %s is unreadable (%s); rendering again", path, error)
-        return None
-    expected = {
-        "rgb": ((*shape, 3), np.uint8),
-        "depth": (shape, np.float32),
-        "normals": ((*shape, 3), np.float16),
-        "parts": (shape, np.uint8),
+    specs = {
+        "rgb": ArraySpec((*shape, 3), np.uint8),
+        "depth": ArraySpec(shape, np.float32),
+        "normals": ArraySpec((*shape, 3), np.float16),
+        "parts": ArraySpec(shape, np.uint8),
     }
-    problems = [] if str(arrays.pop("key")) == key else ["key mismatch"]
-    for name, (want_shape, want_dtype) in expected.items():
-        if arrays[name].shape != want_shape or arrays[name].dtype != want_dtype:
-            problems.append(f"{name} {arrays[name].dtype}{list(arrays[name].shape)}")
-    if problems:
-        _log.warning("object views cache %s does not match (%s); rendering again", path, problems)
-        return None
+    arrays, problem = read_cached(path, {"key": key}, specs)
+    if arrays is None:
+        _log.warning("object views cache %s cannot be used (%s); rendering again", path, problem)
     return arrays
