@@ -13,6 +13,7 @@ and exit with status 2; Ctrl-C exits with 130; anything else is a bug in feature
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -130,12 +131,6 @@ def _print_metrics(metrics: dict, where: str) -> None:
     console.print(where)
 
 
-def _demo(config: DemoConfig) -> None:
-    from feature_splat.demo import run_demo
-
-    run_demo(config)
-
-
 def _train(config: TrainConfig) -> None:
     from feature_splat.training.run import train
 
@@ -250,62 +245,29 @@ def _worlds_export(config: WorldsExportConfig) -> None:
     _console().print(f"exported {len(dataset)} views to {out}")
 
 
-def _gen_train(config: GenTrainConfig) -> None:
-    from feature_splat.generalizable.training import run_training
+def _imported(target: str) -> Callable[[Any], Any]:
+    """A command that calls ``module:function`` with its config, importing it when it runs."""
 
-    run_training(config)
+    def run(config: Any) -> None:
+        module, name = target.split(":")
+        getattr(importlib.import_module(module), name)(config)
 
-
-def _gen_eval(config: GenEvalConfig) -> None:
-    from feature_splat.generalizable.commands import run_eval
-
-    run_eval(config)
+    return run
 
 
-def _gen_predict(config: GenPredictConfig) -> None:
-    from feature_splat.generalizable.commands import run_predict
-
-    run_predict(config)
-
-
-def _fit_fields(config: FitFieldsConfig) -> None:
-    from feature_splat.generalizable.commands import run_fit_fields
-
-    run_fit_fields(config)
-
-
-def _bench_raster(config: RasterBenchConfig) -> None:
-    from feature_splat.bench.raster import run_raster_bench
-
-    run_raster_bench(config)
-
-
-def _bench_prompts(config: PromptBenchConfig) -> None:
-    from feature_splat.bench.prompts import run_prompt_bench
-
-    run_prompt_bench(config)
-
-
-def _bench_sam(config: SamBenchConfig) -> None:
-    from feature_splat.bench.sam import run_sam_bench
-
-    run_sam_bench(config)
-
-
-def _bench_speedup(config: SpeedupBenchConfig) -> None:
-    from feature_splat.bench.speedup import run_speedup_bench
-
-    run_speedup_bench(config)
-
-
-RUNNERS: dict[type, Callable[[Any], None]] = {
-    DemoConfig: _demo, TrainConfig: _train, EvalConfig: _eval, RenderConfig: _render,
-    QueryConfig: _query, EditConfig: _edit, EncodeConfig: _encode,
-    WorldsListConfig: _worlds_list, WorldsExportConfig: _worlds_export,
-    GenTrainConfig: _gen_train, GenEvalConfig: _gen_eval, GenPredictConfig: _gen_predict,
-    FitFieldsConfig: _fit_fields, RasterBenchConfig: _bench_raster,
-    PromptBenchConfig: _bench_prompts, SamBenchConfig: _bench_sam,
-    SpeedupBenchConfig: _bench_speedup,
+RUNNERS: dict[type, Callable[[Any], Any]] = {
+    TrainConfig: _train, EvalConfig: _eval, RenderConfig: _render, QueryConfig: _query,
+    EditConfig: _edit, EncodeConfig: _encode, WorldsListConfig: _worlds_list,
+    WorldsExportConfig: _worlds_export,
+    DemoConfig: _imported("feature_splat.demo:run_demo"),
+    GenTrainConfig: _imported("feature_splat.generalizable.training:run_training"),
+    GenEvalConfig: _imported("feature_splat.generalizable.commands:run_eval"),
+    GenPredictConfig: _imported("feature_splat.generalizable.commands:run_predict"),
+    FitFieldsConfig: _imported("feature_splat.generalizable.commands:run_fit_fields"),
+    RasterBenchConfig: _imported("feature_splat.bench.raster:run_raster_bench"),
+    PromptBenchConfig: _imported("feature_splat.bench.prompts:run_prompt_bench"),
+    SamBenchConfig: _imported("feature_splat.bench.sam:run_sam_bench"),
+    SpeedupBenchConfig: _imported("feature_splat.bench.speedup:run_speedup_bench"),
 }  # fmt: skip
 
 

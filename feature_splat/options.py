@@ -20,14 +20,15 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is a whole number (an int, not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_int(value: Any, name: str, minimum: int = 0, maximum: int | None = None) -> None:
     """``value`` is a whole number in ``[minimum, maximum]``."""
     limit = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
-    if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
+    if not is_int(value) or value < minimum or (maximum is not None and value > maximum):
         raise ConfigError(f"{flag(name)}: expected a whole number {limit}, got {value!r}")
 
 
@@ -41,7 +42,10 @@ def check_float(
 ) -> None:
     """``value`` is a finite number, ``> 0`` when ``positive``, within the given bounds."""
     number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
-    ok = number is not None and math.isfinite(number)
+    try:
+        ok = number is not None and math.isfinite(number)
+    except OverflowError:  # an int beyond the float range
+        ok = False
     ok = ok and not (positive and number <= 0)
     ok = ok and (minimum is None or number >= minimum) and (maximum is None or number <= maximum)
     if not ok:

@@ -208,6 +208,8 @@ def mutate_checkpoint(data: st.DataObject, content: bytes) -> bytes:
     document = torch.load(io.BytesIO(content), weights_only=True)
     for _ in range(data.draw(st.integers(1, 3), label="edits")):
         paths = _value_paths(document)[1:]
+        if not paths:
+            break
         *parent_path, key = data.draw(st.sampled_from(paths), label="path")
         parent = document
         for step in parent_path:

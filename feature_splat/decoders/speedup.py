@@ -14,6 +14,7 @@ import itertools
 from torch import Tensor, nn
 
 from feature_splat.errors import CheckpointError, InputShapeError
+from feature_splat.options import is_int
 
 MAX_WIDTH = 1 << 16  # channels per layer: far above any teacher's width (LSeg, CLIP: 512-1024)
 
@@ -74,7 +75,7 @@ class SpeedUpDecoder(nn.Module):
         }
 
     @classmethod
-    def from_state(cls, config: dict, state: dict[str, Tensor], source: str) -> SpeedUpDecoder:
+    def from_state(cls, config: object, state: object, source: str) -> SpeedUpDecoder:
         """Rebuild a decoder saved with :meth:`config` and ``state_dict()`` (``source`` names the
         file in errors). The config is checked against the stored tensors before anything is
         allocated, and the weights must be finite."""
@@ -82,16 +83,21 @@ class SpeedUpDecoder(nn.Module):
 
         if not isinstance(config, dict):
             raise CheckpointError(f"{source}: decoder_config: expected a dict")
-        try:
-            args = (
-                int(config["in_dim"]),
-                int(config["out_dim"]),
-                tuple(int(w) for w in config.get("hidden", ())),
-                bool(config.get("identity", False)),
+        in_dim, out_dim = config.get("in_dim"), config.get("out_dim")
+        hidden, identity = config.get("hidden", []), config.get("identity", False)
+        well_formed = (
+            all(is_int(v) for v in (in_dim, out_dim))
+            and isinstance(hidden, list | tuple)
+            and all(is_int(w) for w in hidden)
+            and isinstance(identity, bool)
+        )
+        if not well_formed:
+            raise CheckpointError(
+                f"{source}: decoder_config: expected in_dim and out_dim (whole numbers), hidden "
+                f"(a list of them) and identity (true / false), got {str(config)[:200]}"
             )
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{source}: decoder_config: malformed ({err!r})") from None
-        layers = 0 if args[3] else len(args[2]) + 1
+        args = (in_dim, out_dim, tuple(hidden), identity)
+        layers = 0 if identity else len(hidden) + 1
         found = len(state) if isinstance(state, dict) else type(state).__name__
         if found != 2 * layers:  # a weight and a bias per layer
             raise CheckpointError(

@@ -254,11 +254,15 @@ class Trainer:
         only: the file is read with ``weights_only=True``, so it cannot run code)."""
         path = path or self.checkpoint_path
         state = read_checkpoint(path, "checkpoint")
-        try:
-            features = state["params"]["features"]
-        except (TypeError, KeyError) as err:
-            raise CheckpointError(f"{path}: not a training checkpoint (no {err})") from None
-        if features.ndim != 2 or features.shape[1] != self.config.feature_dim:
+        params = state.get("params") if isinstance(state, dict) else None
+        if not isinstance(params, dict) or not all(isinstance(v, Tensor) for v in params.values()):
+            raise CheckpointError(
+                f"{path}: params: expected a dict of tensors (a training checkpoint)"
+            )
+        features = params.get("features")
+        if not isinstance(features, Tensor) or features.ndim != 2:
+            raise CheckpointError(f"{path}: params.features: expected a tensor [N, F]")
+        if features.shape[1] != self.config.feature_dim:
             raise CheckpointError(
                 f"{path}: checkpoint has features of shape {list(features.shape)}, the config "
                 f"asks for {self.config.feature_dim} channels"
