@@ -151,20 +151,10 @@ def _render(config: RenderConfig) -> None:
     _console().print(f"renders: {out}")
 
 
-def _sam_prompt(point: tuple[int, ...], labels: tuple[int, ...], box):
-    """A SamPrompt from the command line's flat x y list, or None when there is no SAM prompt."""
-    from feature_splat.edit.run import SamPrompt
-
-    if not point and box is None:
-        return None
-    points = list(zip(point[::2], point[1::2], strict=True))
-    return SamPrompt(points=points, point_labels=list(labels), box=box)
-
-
 def _query(config: QueryConfig) -> None:
     from feature_splat.edit.run import query_run, sam_prompt_run
 
-    prompt = _sam_prompt(config.point, config.point_labels, config.box)
+    prompt = config.sam_prompt()
     if prompt is not None:
         summary = sam_prompt_run(
             config.run, list(config.views), prompt, config.out, config.allow_torchscript
@@ -186,7 +176,7 @@ def _edit(config: EditConfig) -> None:
 
     summary = edit_run(
         config.run, config.op, config.out, text=config.text,
-        sam_prompt=_sam_prompt(config.point, config.point_labels, config.box),
+        sam_prompt=config.sam_prompt(),
         sam_view=config.view, threshold=config.threshold, mode=config.mode, rgb=config.color,
         allow_torchscript=config.allow_torchscript,
     )  # fmt: skip

@@ -28,22 +28,46 @@ def _check_threshold(threshold: float) -> None:
     check_float(threshold, "threshold", -1.0, 1.0)
 
 
-def _check_points(point: tuple[int, ...], labels: tuple[int, ...]) -> None:
-    if len(point) % 2:
-        raise ConfigError(f"--point: expected x y pairs, got {len(point)} numbers")
-    for value in point:
-        check_int(value, "point", 0)
-    if labels and len(labels) != len(point) // 2:
-        raise ConfigError(
-            f"--point-labels: expected one label per point ({len(point) // 2}), got {len(labels)}"
-        )
-    for label in labels:
-        check_int(label, "point_labels", 0, 1)
+@dataclass
+class SamPrompt:
+    """SAM point (x, y; label 1 = foreground, 0 = background) and/or box prompts, in pixels."""
 
+    points: list[tuple[int, int]] = field(default_factory=list)
+    point_labels: list[int] = field(default_factory=list)
+    box: tuple[float, float, float, float] | None = None
 
-def _check_box(box: tuple[float, float, float, float] | None) -> None:
-    for value in box or ():
-        check_float(value, "box", 0.0)
+    def __post_init__(self) -> None:
+        if not self.points and self.box is None:
+            raise ConfigError("--point / --box: expected at least one point or a box")
+        for point in self.points:
+            for value in point:
+                check_int(value, "point", 0)
+        if self.point_labels and len(self.point_labels) != len(self.points):
+            raise ConfigError(
+                f"--point-labels: expected one label per point ({len(self.points)}), "
+                f"got {len(self.point_labels)}"
+            )
+        for label in self.point_labels:
+            check_int(label, "point_labels", 0, 1)
+        for value in self.box or ():
+            check_float(value, "box", 0.0)
+
+    @property
+    def labels(self) -> list[int]:
+        """The point labels, 1 (foreground) for every point when none were given."""
+        return self.point_labels or [1] * len(self.points)
+
+    @classmethod
+    def from_flags(
+        cls, point: tuple[int, ...], labels: tuple[int, ...], box: tuple[float, ...] | None
+    ) -> SamPrompt | None:
+        """The prompt of ``--point x y ... --point-labels ... --box ...``; None without one."""
+        if not point and box is None:
+            return None
+        if len(point) % 2:
+            raise ConfigError(f"--point: expected x y pairs, got {len(point)} numbers")
+        pairs = list(zip(point[::2], point[1::2], strict=True))
+        return cls(points=pairs, point_labels=list(labels), box=box)
 
 
 @dataclass
@@ -102,16 +126,18 @@ class QueryConfig:
     """Let a CLIP teacher checkpoint be an OpenAI TorchScript archive (runs code from the file)."""
 
     def __post_init__(self) -> None:
-        if self.text is None and not self.point and self.box is None:
+        if self.text is None and self.sam_prompt() is None:
             raise ConfigError("query: give --text, or --point / --box for a SAM-distilled run")
         if self.text is not None:
             check_text(self.text, "text")
         for label in self.labels:
             check_text(label, "labels")
-        _check_points(self.point, self.point_labels)
-        _check_box(self.box)
         _check_views(self.views)
         _check_threshold(self.threshold)
+
+    def sam_prompt(self) -> SamPrompt | None:
+        """The SAM prompt of --point / --point-labels / --box, if any."""
+        return SamPrompt.from_flags(self.point, self.point_labels, self.box)
 
 
 @dataclass
@@ -140,14 +166,15 @@ class EditConfig:
     allow_torchscript: bool = False
     """Let a CLIP teacher checkpoint be an OpenAI TorchScript archive (runs code from the file)."""
 
+    def sam_prompt(self) -> SamPrompt | None:
+        """The SAM prompt of --point / --point-labels / --box, if any."""
+        return SamPrompt.from_flags(self.point, self.point_labels, self.box)
+
     def __post_init__(self) -> None:
-        has_sam = bool(self.point) or self.box is not None
-        if (self.text is None) == (not has_sam):
+        if (self.text is None) == (self.sam_prompt() is None):
             raise ConfigError("edit: give either --text or a SAM --point / --box prompt")
         if self.text is not None:
             check_text(self.text, "text")
-        _check_points(self.point, self.point_labels)
-        _check_box(self.box)
         check_int(self.view, "view", 0)
         _check_threshold(self.threshold)
         for value in self.color:

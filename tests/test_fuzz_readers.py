@@ -165,8 +165,9 @@ def _value_paths(value: Any, path: tuple = ()) -> list[tuple]:
     return paths
 
 
-def mutate_json(data: st.DataObject, document: Any) -> Any:
-    """``document`` with a few values replaced by other JSON values, or deleted."""
+def edit_values(data: st.DataObject, document: Any, edits: list[str], edit: Callable) -> Any:
+    """``document`` after 1 to 3 edits: each picks a nested value and an edit among ``edits``,
+    and ``edit(data, parent, key, choice)`` applies it."""
     for _ in range(data.draw(st.integers(1, 3), label="edits")):
         paths = _value_paths(document)[1:]
         if not paths:
@@ -175,11 +176,20 @@ def mutate_json(data: st.DataObject, document: Any) -> Any:
         parent = document
         for step in parent_path:
             parent = parent[step]
-        if data.draw(st.booleans(), label="delete"):
-            del parent[key]
-        else:
-            parent[key] = data.draw(EXTREME_JSON | JSON_VALUES, label="value")
+        edit(data, parent, key, data.draw(st.sampled_from(edits), label="edit"))
     return document
+
+
+def _edit_json(data: st.DataObject, parent: Any, key: Any, choice: str) -> None:
+    if choice == "delete":
+        del parent[key]
+    else:
+        parent[key] = data.draw(EXTREME_JSON | JSON_VALUES, label="value")
+
+
+def mutate_json(data: st.DataObject, document: Any) -> Any:
+    """``document`` with a few values replaced by other JSON values, or deleted."""
+    return edit_values(data, document, ["delete", "value"], _edit_json)
 
 
 TENSOR_VALUES = st.one_of(
@@ -200,27 +210,22 @@ def _tensor(spec: tuple) -> Any:
     return values.fill_(math.nan) if kind == "nan" else values
 
 
+def _edit_checkpoint(data: st.DataObject, parent: Any, key: Any, choice: str) -> None:
+    if choice == "delete" and isinstance(parent, dict):
+        del parent[key]
+    elif choice == "tensor":
+        parent[key] = _tensor(data.draw(TENSOR_VALUES, label="tensor"))
+    else:
+        parent[key] = data.draw(EXTREME_JSON | JSON_VALUES, label="value")
+
+
 def mutate_checkpoint(data: st.DataObject, content: bytes) -> bytes:
     """A ``torch.save`` file whose contents had a few values replaced (by JSON-like values or
     tensors of other shapes, dtypes, NaN) or deleted."""
     import torch
 
     document = torch.load(io.BytesIO(content), weights_only=True)
-    for _ in range(data.draw(st.integers(1, 3), label="edits")):
-        paths = _value_paths(document)[1:]
-        if not paths:
-            break
-        *parent_path, key = data.draw(st.sampled_from(paths), label="path")
-        parent = document
-        for step in parent_path:
-            parent = parent[step]
-        choice = data.draw(st.sampled_from(["delete", "value", "tensor"]), label="edit")
-        if choice == "delete" and isinstance(parent, dict):
-            del parent[key]
-        elif choice == "tensor":
-            parent[key] = _tensor(data.draw(TENSOR_VALUES, label="tensor"))
-        else:
-            parent[key] = data.draw(EXTREME_JSON | JSON_VALUES, label="value")
+    edit_values(data, document, ["delete", "value", "tensor"], _edit_checkpoint)
     buffer = io.BytesIO()
     torch.save(document, buffer)
     return buffer.getvalue()

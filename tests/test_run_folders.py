@@ -276,6 +276,9 @@ def test_decoder_files_that_lie_about_their_size_or_hold_nan_are_refused(tmp_pat
     huge = {**saved, "decoder_config": {**saved["decoder_config"], "out_dim": 10**10}}
     torch.save(huge, run / "decoder.pt")
     assert (run / "decoder.pt").stat().st_size < 50_000
+    assert "widths must be 1..65536" in cli_error(["render", str(run), "--views", "0"], capsys)
+    wide = {**saved, "decoder_config": {**saved["decoder_config"], "out_dim": 60_000}}
+    torch.save(wide, run / "decoder.pt")
     assert "keys with the wrong shape" in cli_error(["render", str(run), "--views", "0"], capsys)
     broken = {**saved, "decoder_state": dict(saved["decoder_state"])}
     broken["decoder_state"]["layers.0.weight"] = torch.full_like(

@@ -8,52 +8,24 @@ Output folders follow :func:`~feature_splat.io.outputs.prepare_output`; file nam
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from feature_splat.config import SamPrompt
 from feature_splat.edit.ops import delete, extract, recolour
 from feature_splat.errors import ConfigError
 from feature_splat.field import FeatureField
 from feature_splat.io import atomic_write_bytes, write_json, write_png
 from feature_splat.io.names import prompt_folder_name, view_file_names
 from feature_splat.io.outputs import prepare_output
-from feature_splat.options import check_choice, check_float, check_int, check_text
+from feature_splat.options import check_choice, check_float, check_text
 from feature_splat.prompts import gaussian_scores, relevancy, segment_labels, select_by_masks
 from feature_splat.run_folder import CONFIG_NAME, DATASET_NAME, EDIT_KIND, Run
 from feature_splat.visualize import heat_rgb, label_rgb, overlay_rgb
 
 QUERY_KIND = "query"
 EDIT_OPS = ("delete", "extract", "recolour")
-
-
-@dataclass
-class SamPrompt:
-    """SAM point (x, y; label 1 = foreground, 0 = background) and/or box prompts, in pixels."""
-
-    points: list[tuple[int, int]] = dataclasses.field(default_factory=list)
-    point_labels: list[int] = dataclasses.field(default_factory=list)
-    box: tuple[float, float, float, float] | None = None
-
-    def __post_init__(self) -> None:
-        if not self.points and self.box is None:
-            raise ConfigError("--point / --box: expected at least one point or a box")
-        if self.point_labels and len(self.point_labels) != len(self.points):
-            raise ConfigError(
-                f"--point-labels: expected one label per point ({len(self.points)}), "
-                f"got {len(self.point_labels)}"
-            )
-        for label in self.point_labels:
-            check_int(label, "point_labels", 0, 1)
-        for value in self.box or ():
-            check_float(value, "box")
-
-    @property
-    def labels(self) -> list[int]:
-        """The point labels, 1 (foreground) for every point when none were given."""
-        return self.point_labels or [1] * len(self.points)
 
 
 def _check_prompt(text: str, threshold: float) -> None:
