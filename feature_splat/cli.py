@@ -265,8 +265,15 @@ RUNNERS: dict[type, Callable[[Any], Any]] = {
 def _fail(message: str, code: int, debug: bool) -> None:
     if debug:
         traceback.print_exc()
-    print(message, file=sys.stderr)
+    print(" ".join(message.split()), file=sys.stderr)  # always one line
     raise SystemExit(code)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, MemoryError) or (
+        isinstance(err, RuntimeError)
+        and any(s in str(err) for s in ("can't allocate memory", "out of memory", "bad_alloc"))
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -290,9 +297,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"error: {where}{err.strerror or err}", EXIT_ERROR, debug)
     except KeyboardInterrupt:
         _fail("interrupted", EXIT_INTERRUPTED, debug)
-    except Exception as err:  # a bug: say so, briefly
-        first = str(err).strip().splitlines()[:1] or [""]
-        _fail(f"internal error: {type(err).__name__}: {first[0]}{hint}", EXIT_INTERNAL, debug)
+    except Exception as err:  # a bug, or the machine's limits: say so, briefly
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        if _out_of_memory(err):
+            _fail(f"error: out of memory: {first}", EXIT_ERROR, debug)
+        _fail(f"internal error: {type(err).__name__}: {first}{hint}", EXIT_INTERNAL, debug)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,12 @@ import tyro
 
 from feature_splat.errors import ConfigError
 from feature_splat.options import check_float, check_int, check_seed, check_text
-from feature_splat.training.config import TeacherName, TrainConfig
+from feature_splat.training.config import (
+    MAX_IMAGE_SIDE,
+    MIN_IMAGE_SIDE,
+    TeacherName,
+    TrainConfig,
+)
 
 
 def _check_views(views: tuple[int, ...]) -> None:
@@ -231,8 +236,8 @@ class WorldsExportConfig:
     world_seed: int = 0
 
     def __post_init__(self) -> None:
-        check_int(self.width, "width", 1, 16384)
-        check_int(self.height, "height", 1, 16384)
+        check_int(self.width, "width", MIN_IMAGE_SIDE, MAX_IMAGE_SIDE)
+        check_int(self.height, "height", MIN_IMAGE_SIDE, MAX_IMAGE_SIDE)
         check_seed(self.world_seed, "world_seed")
 
 

@@ -539,12 +539,12 @@ def _tiny_trainer(out: Path):
     from feature_splat.data import Dataset
     from feature_splat.training import TrainConfig, Trainer
 
-    cameras = orbit(3, 3.0, 16, 12)
-    dataset = Dataset(torch.rand(3, 12, 16, 3), cameras, ["a", "b", "c"], [0, 1], [2],
+    cameras = orbit(3, 3.0, 16, 16)
+    dataset = Dataset(torch.rand(3, 16, 16, 3), cameras, ["a", "b", "c"], [0, 1], [2],
                       points=torch.randn(40, 3))  # fmt: skip
     config = TrainConfig(out=out, feature_dim=2, teacher_dim=4, teacher_stride=4, iterations=4,
                          init_points=40, sh_degree=1)  # fmt: skip
-    return Trainer(config, dataset, torch.zeros(3, 3, 4, 4, dtype=torch.float16), 4, 4)
+    return Trainer(config, dataset, torch.zeros(3, 4, 4, 4, dtype=torch.float16), 4, 4)
 
 
 def test_fuzz_training_checkpoint_loader(tmp_path: Path) -> None:

@@ -9,9 +9,11 @@ from feature_splat.options import check_choice, check_float, check_int, check_te
 from feature_splat.rasterizer.backends import BACKENDS
 
 
-def _check_sizes(values: tuple[int, ...], name: str, minimum: int = 1) -> None:
+def _check_sizes(
+    values: tuple[int, ...], name: str, minimum: int = 1, maximum: int = 10**8
+) -> None:
     for value in values:
-        check_int(value, name, minimum)
+        check_int(value, name, minimum, maximum)
 
 
 @dataclass
@@ -35,12 +37,12 @@ class RasterBenchConfig:
 
     def __post_init__(self) -> None:
         _check_sizes(self.ns, "ns")
-        _check_sizes(self.dims, "dims")
-        _check_sizes(self.sizes, "sizes", 16)
+        _check_sizes(self.dims, "dims", 1, 1 << 16)
+        _check_sizes(self.sizes, "sizes", 16, 16384)
         for backend in self.backends:
             check_choice(backend, "backends", BACKENDS)
-        check_int(self.repeats, "repeats", 1)
-        check_int(self.threads, "threads", 1)
+        check_int(self.repeats, "repeats", 1, 1000)
+        check_int(self.threads, "threads", 1, 1024)
         check_float(self.reference_max_pairs, "reference_max_pairs", positive=True)
 
     def grid(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
@@ -84,8 +86,8 @@ class SamBenchConfig:
         check_text(self.world, "world")
         check_int(self.width, "width", 16, 4096)
         check_int(self.height, "height", 16, 4096)
-        check_int(self.iterations, "iterations", 1)
-        check_int(self.feature_dim, "feature_dim", 1)
+        check_int(self.iterations, "iterations", 1, 10**8)
+        check_int(self.feature_dim, "feature_dim", 1, 4096)
 
 
 @dataclass
@@ -103,6 +105,6 @@ class SpeedupBenchConfig:
 
     def __post_init__(self) -> None:
         check_text(self.world, "world")
-        _check_sizes(self.feature_dims, "feature_dims")
-        check_int(self.iterations, "iterations", 1)
-        check_int(self.threads, "threads", 1)
+        _check_sizes(self.feature_dims, "feature_dims", 1, 4096)
+        check_int(self.iterations, "iterations", 1, 10**8)
+        check_int(self.threads, "threads", 1, 1024)

@@ -40,6 +40,9 @@ from feature_splat.io.files import atomic_write_bytes
 
 # How far a pose's rotation part may be from orthonormal: max |R^T R - I|.
 ROTATION_TOLERANCE = 1e-3
+# The largest translation a pose may have: float32 keeps about 7 digits, so a camera 1e10 units
+# out is placed to within ~1000 units; geographic coordinates (UTM: ~1e7 m) still fit.
+MAX_TRANSLATION = 1e10
 # Image modes read as 8-bit (PIL mode -> the mode converted to), and the 16-bit greyscale modes.
 _EIGHT_BIT_MODES = {
     "1": "L", "L": "L", "LA": "LA", "P": "RGB", "PA": "RGBA",
@@ -192,7 +195,8 @@ def pinhole_intrinsics(fx: float, fy: float, cx: float, cy: float, wheres: Seque
 def check_pose(matrix: Tensor, where: str) -> Tensor:
     """``matrix`` [4, 4] (camera -> world or world -> camera), after checking it is a rigid pose:
     finite, its rotation part orthonormal (max |R^T R - I| <= ROTATION_TOLERANCE, so neither
-    scaled nor sheared) with a positive determinant (no reflection), its last row 0 0 0 1."""
+    scaled nor sheared) with a positive determinant (no reflection), its last row 0 0 0 1, its
+    translation within MAX_TRANSLATION."""
     if not torch.isfinite(matrix).all():
         raise DatasetError(f"{where}: expected finite numbers, got {matrix.tolist()}")
     rotation = matrix[:3, :3]
@@ -211,6 +215,12 @@ def check_pose(matrix: Tensor, where: str) -> Tensor:
     bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=matrix.dtype)
     if not torch.equal(matrix[3], bottom):
         raise DatasetError(f"{where}: the last row is {matrix[3].tolist()}; expected [0, 0, 0, 1]")
+    farthest = matrix[:3, 3].abs().max().item()
+    if farthest > MAX_TRANSLATION:
+        raise DatasetError(
+            f"{where}: a translation of {farthest:.3g} is beyond {MAX_TRANSLATION:g} (single "
+            f"precision cannot place a camera there); recentre the scene"
+        )
     return matrix
 
 

@@ -44,9 +44,9 @@ class ObjectDataConfig:
             raise ConfigError("--data.categories: expected at least one category")
         for category in self.categories:
             check_choice(category, "data.categories", CATEGORIES)
-        check_int(self.instances, "data.instances", 1)
-        check_int(self.views, "data.views", 2)
-        check_int(self.image_size, "data.image_size", 8, 1024)
+        check_int(self.instances, "data.instances", 1, 10**5)
+        check_int(self.views, "data.views", 2, 1000)
+        check_int(self.image_size, "data.image_size", 16, 1024)
         check_seed(self.seed, "data.seed")
 
     def load(self, split: str, *, instances: int | None = None) -> list[ObjectViews]:
@@ -73,8 +73,8 @@ class TeacherConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_int(self.dim, "teacher.dim", 1)
-        check_int(self.stride, "teacher.stride", 1)
+        check_int(self.dim, "teacher.dim", 1, 1 << 16)
+        check_int(self.stride, "teacher.stride", 1, 1024)
         check_float(self.noise, "teacher.noise", 0.0)
         check_float(self.view_weight, "teacher.view_weight", 0.0)
         check_seed(self.seed, "teacher.seed")
@@ -181,8 +181,8 @@ class GenTrainConfig:
                 f"--input-views + --target-views = {self.input_views + self.target_views} exceeds "
                 f"the {self.data.views} views per instance (--data.views)"
             )
-        check_int(self.batch_size, "batch_size", 1)
-        check_int(self.iterations, "iterations", 1)
+        check_int(self.batch_size, "batch_size", 1, 4096)
+        check_int(self.iterations, "iterations", 1, 10**8)
         check_float(self.lr, "lr", positive=True)
         for name in ("feature_weight", "alpha_weight", "depth_weight", "offline_feature_weight"):
             check_float(getattr(self, name), name, 0.0)
@@ -227,8 +227,8 @@ class GenEvalConfig:
     def __post_init__(self) -> None:
         check_int(self.data.instances, "data.instances", 2)  # pairs need two instances
         check_int(self.input_views, "input_views", 1, self.data.views - 1)
-        check_int(self.pairs, "pairs", 1)
-        check_int(self.surface_points, "surface_points", 1)
+        check_int(self.pairs, "pairs", 1, 10**6)
+        check_int(self.surface_points, "surface_points", 1, 10**7)
         check_seed(self.seed)
 
 
@@ -264,7 +264,7 @@ class GenPredictConfig:
         for view in self.views:
             check_int(view, "views", 0)
         check_int(self.orbit, "orbit", 1, 360)
-        check_int(self.image_size, "image_size", 8, 1024)
+        check_int(self.image_size, "image_size", 16, 1024)
 
 
 @dataclass
@@ -279,5 +279,5 @@ class FitFieldsConfig:
     feature_dim: int = 16
 
     def __post_init__(self) -> None:
-        check_int(self.iterations, "iterations", 1)
-        check_int(self.feature_dim, "feature_dim", 1)
+        check_int(self.iterations, "iterations", 1, 10**8)
+        check_int(self.feature_dim, "feature_dim", 1, 4096)

@@ -10,6 +10,8 @@ file whose config asks for an enormous layer is refused before anything is alloc
 from __future__ import annotations
 
 import io
+import pickle
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,9 +33,11 @@ def read_checkpoint(path: str | Path, what: str = "PyTorch checkpoint") -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols, then fails
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types on corrupt or code-carrying files
-        raise CheckpointError(f"{path}: not a readable {what} ({_first_line(err)})") from None
+        raise CheckpointError(f"{path}: not a readable {what} ({load_error(err)})") from None
     try:
         odd = next(_unusual_tensors(data), None)
     except RecursionError:
@@ -58,9 +62,12 @@ def _unusual_tensors(value: Any):
             yield from _unusual_tensors(item)
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
+def load_error(err: Exception) -> str:
+    """A short reason why ``torch.load(..., weights_only=True)`` refused a file."""
+    if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in str(err):
+        return "it holds pickled objects other than tensors, which may run code; refused"
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__
 
 
 def read_state_dict(

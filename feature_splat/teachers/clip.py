@@ -53,7 +53,7 @@ from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
 from feature_splat.errors import CheckpointError, InputShapeError
-from feature_splat.io.checkpoints import load_strict
+from feature_splat.io.checkpoints import load_error, load_strict
 from feature_splat.teachers.checkpoints import file_digest, require_checkpoint
 
 _VERSION = 1  # bump when the features change for the same model, checkpoint and options
@@ -147,7 +147,9 @@ def read_clip_state_dict(path: Path, allow_torchscript: bool = False) -> dict[st
         else:
             state = open_clip.factory.load_state_dict(str(path), weights_only=True)
     except Exception as err:  # torch / safetensors raise many types on corrupt files
-        raise CheckpointError(f"{path}: not a readable CLIP checkpoint ({err})") from err
+        raise CheckpointError(
+            f"{path}: not a readable CLIP checkpoint ({load_error(err)})"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a dict of tensors (a CLIP state dict)")
     return dict(state)

@@ -18,6 +18,13 @@ from feature_splat.options import (
 from feature_splat.rasterizer.backends import BACKENDS, Backend
 
 TeacherName = Literal["synthetic", "sam", "clip", "lseg", "dino"]
+# Bounds that keep a run's tensors within reach of one machine (3DGS scenes reach a few million
+# Gaussians; teachers' widths are 256 to 1536) and images large enough for SSIM's 11-pixel window.
+MAX_ITERATIONS = 10**8
+MAX_GAUSSIANS = 10**7
+MAX_FEATURE_DIM = 4096
+MAX_TEACHER_DIM = 1 << 16
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 16, 16384
 
 
 @dataclass
@@ -128,23 +135,23 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_text(self.data, "data")
         check_choice(self.teacher, "teacher", get_args(TeacherName))
-        check_int(self.teacher_dim, "teacher_dim", 1)
-        check_int(self.teacher_stride, "teacher_stride", 1)
+        check_int(self.teacher_dim, "teacher_dim", 1, MAX_TEACHER_DIM)
+        check_int(self.teacher_stride, "teacher_stride", 1, MAX_IMAGE_SIDE)
         if self.teacher_pca is not None:
             check_int(self.teacher_pca, "teacher_pca", 1)
-        check_int(self.feature_dim, "feature_dim", 1)
+        check_int(self.feature_dim, "feature_dim", 1, MAX_FEATURE_DIM)
         check_choice(self.decoder, "decoder", ("linear", "mlp", "none"))
         for width in self.decoder_hidden:
-            check_int(width, "decoder_hidden", 1)
-        check_int(self.iterations, "iterations", 1)
+            check_int(width, "decoder_hidden", 1, MAX_TEACHER_DIM)
+        check_int(self.iterations, "iterations", 1, MAX_ITERATIONS)
         check_choice(self.feature_loss, "feature_loss", ("l1", "cosine"))
         check_float(self.feature_weight, "feature_weight", 0.0)
         check_int(self.sh_degree, "sh_degree", 0, 3)
         check_int(self.sh_degree_every, "sh_degree_every", 1)
-        check_int(self.init_points, "init_points", 1)
+        check_int(self.init_points, "init_points", 1, MAX_GAUSSIANS)
         check_float(self.init_opacity, "init_opacity", 1e-6, 1 - 1e-6)
-        check_int(self.width, "width", 1, 16384)
-        check_int(self.height, "height", 1, 16384)
+        check_int(self.width, "width", MIN_IMAGE_SIDE, MAX_IMAGE_SIDE)
+        check_int(self.height, "height", MIN_IMAGE_SIDE, MAX_IMAGE_SIDE)
         check_seed(self.world_seed, "world_seed")
         check_seed(self.seed)
         check_int(self.checkpoint_every, "checkpoint_every", 1)

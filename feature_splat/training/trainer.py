@@ -23,7 +23,7 @@ from feature_splat.field import FeatureField
 from feature_splat.gaussians import GaussianField, num_sh_bases, rgb_to_sh0
 from feature_splat.io.checkpoints import read_checkpoint, write_checkpoint
 from feature_splat.teachers import to_teacher_cells
-from feature_splat.training.config import TrainConfig
+from feature_splat.training.config import MIN_IMAGE_SIDE, TrainConfig
 from feature_splat.training.loop import run_steps
 from feature_splat.training.losses import photometric_loss
 
@@ -33,7 +33,10 @@ CHECKPOINT_NAME = "checkpoint.pt"
 def scene_scale(dataset: Dataset) -> float:
     """gsplat's scene scale: 1.1 x the largest distance of a camera centre from their mean."""
     centers = dataset.cameras.centers
-    return 1.1 * float((centers - centers.mean(0)).norm(dim=-1).max().clamp_min(1e-3))
+    scale = 1.1 * float((centers - centers.mean(0)).norm(dim=-1).max().clamp_min(1e-3))
+    if not math.isfinite(scale):
+        raise DatasetError("cameras: their centres are not finite (poses beyond float32 range)")
+    return scale
 
 
 def initial_gaussians(
@@ -97,6 +100,11 @@ class Trainer:
         (:func:`~feature_splat.teachers.grid_stride`), else None (rendered maps are resampled)."""
         if not dataset.train_indices:
             raise DatasetError("Trainer: the dataset has no training views")
+        if min(dataset.width, dataset.height) < MIN_IMAGE_SIDE:
+            raise DatasetError(
+                f"Trainer: images of {dataset.width}x{dataset.height} pixels; training needs at "
+                f"least {MIN_IMAGE_SIDE} per side (SSIM's window)"
+            )
         self.config, self.dataset, self.teacher_maps = config, dataset, teacher_maps
         self.stride = grid_stride
         self.scene_scale = scene_scale(dataset)
