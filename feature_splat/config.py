@@ -131,8 +131,10 @@ class QueryConfig:
     """Let a CLIP teacher checkpoint be an OpenAI TorchScript archive (runs code from the file)."""
 
     def __post_init__(self) -> None:
-        if self.text is None and self.sam_prompt() is None:
-            raise ConfigError("query: give --text, or --point / --box for a SAM-distilled run")
+        if (self.text is None) == (self.sam_prompt() is None):
+            raise ConfigError(
+                "query: give either --text, or --point / --box for a SAM-distilled run"
+            )
         if self.text is not None:
             check_text(self.text, "text")
         for label in self.labels:

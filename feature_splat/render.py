@@ -17,10 +17,11 @@ RENDER_KIND = "render"
 
 
 def orbit_around(field_means: torch.Tensor, cameras: Cameras, n_views: int) -> Cameras:
-    """``n_views`` cameras on a horizontal circle around the Gaussians' median, at the dataset
-    cameras' mean distance and height, with the first camera's intrinsics."""
-    target = field_means.median(dim=0).values
+    """``n_views`` cameras on a horizontal circle around the Gaussians' median (the cameras'
+    centroid for a field without Gaussians), at the dataset cameras' mean distance and height,
+    with the first camera's intrinsics."""
     centers = cameras.centers
+    target = field_means.median(dim=0).values if len(field_means) else centers.mean(dim=0)
     radius = float((centers - target).norm(dim=-1).mean())
     height = float((centers[:, 2] - target[2]).mean())
     angles = torch.arange(n_views) * (2 * torch.pi / n_views)

@@ -66,7 +66,10 @@ def test_help_does_not_import_torch() -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["train", "--iterations", "-5"], "--iterations: expected a whole number in 1..100000000, got -5"),
+        (
+            ["train", "--iterations", "-5"],
+            "--iterations: expected a whole number in 1..100000000, got -5",
+        ),
         (["train", "--lr.means", "nan"], "--lr.means: expected a finite number > 0"),
         (["train", "--init-opacity", "1.5"], "--init-opacity"),
         (["train", "--sh-degree", "4"], "--sh-degree: expected a whole number in 0..3"),
@@ -76,7 +79,7 @@ def test_help_does_not_import_torch() -> None:
         (["query", "run", "--text", "mug", "--threshold", "nan"], "--threshold"),
         (["query", "run", "--point", "3"], "--point: expected x y pairs"),
         (["query", "run", "--point", "3", "4", "--point-labels", "2"], "--point-labels"),
-        (["query", "run"], "give --text, or --point / --box"),
+        (["query", "run"], "give either --text, or --point / --box"),
         (["edit", "run", "--op", "delete", "-o", "x"], "give either --text or a SAM"),
         (
             ["edit", "run", "--op", "recolour", "-o", "x", "--text", "a", "--color", "2", "0", "0"],
@@ -88,10 +91,26 @@ def test_help_does_not_import_torch() -> None:
         (["gen", "train", "o", "--data.image-size", "60"], "not a multiple of 8"),
         (["gen", "predict", "m", "--out", "o", "--views"], "--views: expected at least one"),
         (["bench", "raster", "--backends", "vulkan"], "--backends: expected one of"),
+        (["bench", "raster", "--ns"], "--ns: expected at least one value"),
+        (["query", "run", "--text", "mug", "--point", "1", "2"], "give either --text, or"),
+        (["train", "--width", "1"], "--width: expected a whole number in 16..16384"),
+        (
+            ["train", "--feature-dim", "1000000"],
+            "--feature-dim: expected a whole number in 1..4096",
+        ),
     ],
 )
 def test_bad_values_give_one_line_naming_the_flag(args, needle, capsys) -> None:
     assert needle in cli_error(args, capsys)
+
+
+def test_a_backend_that_cannot_run_here_is_named(capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is here: gsplat may run")
+    error = cli_error(["bench", "raster", "--backends", "gsplat", "--ns", "10"], capsys)
+    assert "--backends: gsplat cannot run here" in error
 
 
 def test_os_errors_give_one_line_naming_the_file(tmp_path, capsys) -> None:

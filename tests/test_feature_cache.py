@@ -55,6 +55,12 @@ def test_cache_reuses_detects_stale_and_corrupt_files(world, tmp_path) -> None:
     third = cache.encode(world.images, show_progress=False)
     assert teacher.encoded == 10 and torch.equal(third, first)
 
+    key2 = image_hash(world.images[2])
+    with np.load(folder / f"{key2}.npz") as data:  # right ids, damaged grid (one row of cells)
+        np.savez(folder / f"{key2}.npz", **{**dict(data), "features": data["features"][:1]})
+    fourth = cache.encode(world.images, show_progress=False)
+    assert teacher.encoded == 11 and torch.equal(fourth, first)
+
 
 def test_encoding_resumes_after_an_interruption(world, tmp_path) -> None:
     teacher = CountingTeacher(SyntheticTeacher.for_dataset(world, dim=64))

@@ -289,6 +289,10 @@ def test_gen_commands_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
           "--offline-fields", str(fields)])  # fmt: skip
     history = json.loads((run / "history.json").read_text())
     assert "offline_feature" in history[-1]
+    wider = ["--model.teacher-dim", "12", "--teacher.dim", "12"]
+    error = cli_error(["gen", "train", str(tmp_path / "other"), *data, "--data.instances", "2",
+                       *small, *wider, "--offline-fields", str(fields)], capsys)  # fmt: skip
+    assert "decodes to 8 channels, the teacher has 12" in error
     args = ["gen", "train", str(run), *data, "--data.instances", "2", *small, *teacher]
     assert "already exists" in cli_error([*args, "--iterations", "4"], capsys)
     changed = cli_error([*args, "--iterations", "6", "--lr", "0.01", "--resume"], capsys)

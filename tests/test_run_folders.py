@@ -104,6 +104,25 @@ def test_outputs_never_land_in_a_dataset_or_a_run(tmp_path, capsys) -> None:
     assert len(list((tmp_path / "views").glob("orbit_*.png"))) == 3
 
 
+def test_links_planted_in_a_run_folder_are_not_followed(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    main(["train", "tabletop", "--out", str(run), *WORLD])
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    for name in ("renders", "rendered"):
+        target = run / name
+        if target.exists():
+            for png in target.iterdir():
+                png.unlink()
+            target.rmdir()
+        target.symlink_to(victim)
+    assert "renders: is a symbolic link" in cli_error(["eval", str(run)], capsys)
+    assert "rendered: is a symbolic link" in cli_error(["render", str(run), "--orbit", "1"], capsys)
+    error = cli_error(["bench", "prompts", "--run", str(run)], capsys)  # default classes
+    assert "['sofa'] are not in the world 'tabletop'" in error
+    assert list(victim.iterdir()) == []
+
+
 def test_prompt_folders_are_safe_distinct_and_short(tmp_path) -> None:
     run = tmp_path / "run"
     main(["train", "tabletop", "--out", str(run), *WORLD])
@@ -261,6 +280,8 @@ def test_an_empty_selection_is_a_valid_edit(tmp_path) -> None:
     render = empty.field.render(empty.dataset.cameras[0])
     torch.testing.assert_close(render.rgb[0], empty.field.background[:3].expand(24, 32, 3))
     main(["render", str(tmp_path / "nothing"), "--views", "0"])
+    main(["render", str(tmp_path / "nothing"), "--orbit", "2"])  # around the cameras' centroid
+    assert len(list((tmp_path / "nothing" / "rendered").glob("orbit_*.png"))) == 2
     main(["edit", str(run), "--text", "mug", "--threshold", "1.0", "--op", "delete",
           "-o", str(tmp_path / "all")])  # fmt: skip
     assert len(FeatureField.load(tmp_path / "all").gaussians) == len(

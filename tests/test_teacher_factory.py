@@ -87,7 +87,7 @@ def test_sam_distilled_run_answers_point_and_box_prompts(tmp_path, monkeypatch, 
     summary = json.loads((run / "queries" / "sam" / "sam.json").read_text())
     assert summary["points"] == [[24, 18]] and len(summary["views"]) == 1
     assert (run / "queries" / "sam" / "tabletop_000.png").is_file()
-    assert "give --text, or --point / --box" in cli_error(["query", str(run)], capsys)
+    assert "give either --text, or --point / --box" in cli_error(["query", str(run)], capsys)
     error = cli_error(["query", str(run), "--text", "mug"], capsys)
     assert "teacher 'sam' has no text encoder" in error
     edited = tmp_path / "cut"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from feature_splat.options import check_choice, check_float, check_int, check_text
+from feature_splat.errors import ConfigError
+from feature_splat.options import check_choice, check_float, check_int, check_text, flag
 from feature_splat.rasterizer.backends import BACKENDS
 
 
@@ -36,6 +37,9 @@ class RasterBenchConfig:
     tens of GB); the skip is recorded in the results."""
 
     def __post_init__(self) -> None:
+        for name in ("ns", "dims", "sizes"):
+            if not getattr(self, name):
+                raise ConfigError(f"{flag(name)}: expected at least one value")
         _check_sizes(self.ns, "ns")
         _check_sizes(self.dims, "dims", 1, 1 << 16)
         _check_sizes(self.sizes, "sizes", 16, 16384)
@@ -105,6 +109,8 @@ class SpeedupBenchConfig:
 
     def __post_init__(self) -> None:
         check_text(self.world, "world")
+        if not self.feature_dims and not self.direct:
+            raise ConfigError("--feature-dims: expected at least one value (or --direct)")
         _check_sizes(self.feature_dims, "feature_dims", 1, 4096)
         check_int(self.iterations, "iterations", 1, 10**8)
         check_int(self.threads, "threads", 1, 1024)

@@ -37,15 +37,15 @@ def run_prompt_bench(
             f"{config.run}: trained on {run.config.data}; bench prompts needs a run of a built-in "
             f"world (its truth is re-rendered)"
         )
-    unknown = [name for name in config.classes if name not in run.dataset.class_names]
+    world = build_world(run.config.data, seed=run.config.world_seed)
+    unknown = [name for name in config.classes if name not in world.classes()]
     if unknown:
         raise ConfigError(
-            f"--classes: {unknown} are not classes of '{run.config.data}' "
-            f"({', '.join(run.dataset.class_names)})"
+            f"--classes: {unknown} are not in the world '{run.config.data}' "
+            f"({', '.join(world.classes())})"
         )
     out = prepare_output(config.out or run.path / "bench_prompts", "bench-prompts")
     dataset, teacher, field = run.dataset, run.teacher, run.field
-    world = build_world(run.config.data, seed=run.config.world_seed)
     labels = surface_labels(field, dataset)
     rows = []
     for name in config.classes:

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from feature_splat.bench.config import RasterBenchConfig
 from feature_splat.bench.scenes import BenchScene, raster_scene
+from feature_splat.errors import BackendUnavailableError
 from feature_splat.io import write_json, write_png
 from feature_splat.io.outputs import prepare_output
 from feature_splat.rasterizer import project, rasterize
@@ -168,6 +169,12 @@ def run_raster_bench(config: RasterBenchConfig, console: Console | None = None) 
     torch.set_num_threads(config.threads)
     ns, dims, sizes, repeats = config.grid()
     backends = list(config.backends) or available_backends()
+    missing = sorted(set(backends) - set(available_backends()))
+    if missing:
+        raise BackendUnavailableError(
+            f"--backends: {', '.join(missing)} cannot run here (gsplat needs CUDA and the gsplat "
+            f"package); available: {', '.join(available_backends())}"
+        )
     results: list[Measurement] = []
     cases = [(n, d, s) for s in sizes for n in ns for d in dims]
     with Progress(console=console, transient=True) as progress:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from feature_splat.data import Dataset
+from feature_splat.errors import OutputError
 from feature_splat.eval.metrics import (
     feature_cosine,
     psnr,
@@ -53,6 +54,11 @@ def evaluate_heldout(
     names, lookup = label_set(dataset)
     text = teacher.encode_text(names) if names and teacher.language_aligned else None
     file_names = view_file_names(dataset.image_names)
+    renders = None if out_dir is None else Path(out_dir) / "renders"
+    if renders is not None and renders.is_symlink():
+        raise OutputError(
+            f"{renders}: is a symbolic link; renders are written only inside {out_dir}"
+        )
     per_view = []
     pooled: dict[str, list[Tensor]] = {"truth": [], "pred": [], "teacher": [], "pred_cells": []}
     for view in dataset.test_indices:
@@ -90,7 +96,7 @@ def evaluate_heldout(
                 "text_miou_vs_teacher": vs_teacher["miou"],
             }
         per_view.append(row)
-        if out_dir is not None:
+        if renders is not None:
             panels = [
                 target,
                 rgb,
@@ -100,7 +106,7 @@ def evaluate_heldout(
             if segmentation is not None:
                 panels.append(label_rgb(segmentation))
             write_png(
-                Path(out_dir) / "renders" / f"{file_names[view]}.png",
+                renders / f"{file_names[view]}.png",
                 torch.cat(panels, dim=1),
             )
     keys = [k for k in per_view[0] if k != "view"] if per_view else []

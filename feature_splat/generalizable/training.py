@@ -82,6 +82,11 @@ def prepare_targets(
                 f"{views.instance.index}; run `feature-splat gen fit-fields` first"
             )
         offline = FeatureField.load(field_dir)
+        if offline.decoder.out_dim != teacher.dim:
+            raise DatasetError(
+                f"{field_dir}: this offline field decodes to {offline.decoder.out_dim} channels, "
+                f"the teacher has {teacher.dim}; fit the fields with the same --teacher.dim"
+            )
         with torch.no_grad():
             render = offline.render(views.cameras)
             cells = pool_to_cells(render.features.permute(0, 3, 1, 2), teacher.stride)

@@ -14,6 +14,7 @@ With ``pca_dim = k`` the features are projected on a k-dimensional basis fitted 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,11 @@ class FeatureCache:
         ids = {name: np.array(value) for name, value in self._ids(image=key).items()}
         write_npz(path, {**ids, "features": features}, compress=False)
 
+    def _clear(self, folder: Path, keys: list[str]) -> None:
+        for key in keys:
+            (folder / f"{key}.npz").unlink(missing_ok=True)
+        (folder / "pca.npz").unlink(missing_ok=True)
+
     # -- PCA ------------------------------------------------------------------------------------
     def _read_basis(self, folder: Path) -> tuple[Tensor, Tensor] | None:
         """The dataset's PCA (mean [M], basis [M, k]), or None if missing or not trustworthy."""
@@ -121,6 +127,12 @@ class FeatureCache:
                 value = self._read(folder / f"{key}.npz", key, channels)
                 if value is not None:
                     stored[i] = value
+        # One dataset's images share a size, so its maps share a grid: a stored map with another
+        # grid than the others (or than the teacher's fresh output) is damaged; recompute it.
+        grids = Counter(value.shape[:2] for value in stored.values())
+        if len(grids) > 1:
+            grid = grids.most_common(1)[0][0]
+            stored = {i: v for i, v in stored.items() if v.shape[:2] == grid}
         missing = [i for i in range(len(images)) if i not in stored]
         fresh: dict[int, Tensor] = {}
         batches = [missing[s : s + batch] for s in range(0, len(missing), batch)]
@@ -132,6 +144,11 @@ class FeatureCache:
                 fresh[i] = value.half().float()  # what a later read returns
                 if self.pca_dim is None:
                     self._write(folder / f"{keys[i]}.npz", keys[i], value)
+        if fresh and stored:
+            grid = next(iter(fresh.values())).shape[:2]
+            if next(iter(stored.values())).shape[:2] != grid:  # the stored ones were all damaged
+                self._clear(folder, keys)
+                return self.encode(images, batch, show_progress)
         if self.pca_dim is None:
             return torch.stack([stored[i] if i in stored else fresh[i] for i in range(len(images))])
         if basis is None:  # fit on every view of the dataset (all were recomputed above)

@@ -7,7 +7,8 @@ An output folder is accepted when
 - or its marker says feature-splat made it for the same kind of output: its files may be replaced
   (``render`` twice into one folder, a cache filled again);
 
-and refused otherwise: a folder feature-splat did not make (a dataset's ``images/``), a folder made
+and refused otherwise: a symbolic link (a run folder someone sent you could link ``rendered/``
+anywhere), a folder feature-splat did not make (a dataset's ``images/``), a folder made
 for another kind of output (a run folder given to ``render --out``), or any folder inside a dataset
 (a folder holding ``transforms.json``, ``transforms_train.json``, ``sparse/`` or COLMAP's
 ``cameras.txt`` / ``cameras.bin``, or the root of a dataset given as input). So inputs are never
@@ -52,6 +53,11 @@ def prepare_output(out: str | Path, kind: str, *, inputs: Iterable[Path | None] 
     folder writable before any long computation starts.
     """
     out = Path(out)
+    if out.is_symlink():
+        raise OutputError(
+            f"{out}: is a symbolic link; give the folder it points to ({out.resolve()}) if that is "
+            f"where outputs should go"
+        )
     for folder in inputs:
         if folder is not None and _is_within(out, Path(folder)):
             raise OutputError(
