@@ -218,7 +218,13 @@ class Run:
 
     @cached_property
     def field(self) -> FeatureField:
-        return FeatureField.load(self.path)
+        field = FeatureField.load(self.path)
+        if field.gaussians.feature_dim != self.config.feature_dim:
+            raise CheckpointError(
+                f"{self.path / CONFIG_NAME}: feature_dim is {self.config.feature_dim}, but the "
+                f"field's PLY has {field.gaussians.feature_dim} feature channels"
+            )
+        return field
 
     def views(self, chosen: list[int]) -> list[int]:
         """``chosen`` dataset view indices (default: the held-out views), range-checked."""

@@ -309,6 +309,9 @@ def test_decoder_files_that_lie_about_their_size_or_hold_nan_are_refused(tmp_pat
     assert "holds NaN" in cli_error(["eval", str(run)], capsys)
     (run / "decoder.pt").write_bytes(original)
     main(["render", str(run), "--views", "0"])
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "feature_dim": 8}))
+    assert "feature_dim is 8, but the field's PLY has 4" in cli_error(["eval", str(run)], capsys)
 
 
 def test_a_predictor_file_declaring_a_huge_network_is_refused(tmp_path) -> None:
