@@ -136,6 +136,18 @@ def _config(out: Path, data: ObjectDataConfig, **overrides) -> GenTrainConfig:
     return GenTrainConfig(**(values | overrides))
 
 
+def test_a_teacher_stride_that_does_not_divide_the_image_trains(tiny_targets, tmp_path) -> None:
+    """Stride 3 on 16-pixel images: 6 cells per side, the last one partial (it used to be read as
+    16 // 6 = 2 pixels per cell, and the shapes did not meet)."""
+    data, _ = tiny_targets
+    teacher = TeacherConfig(dim=8, stride=3)
+    targets = prepare_targets(data.load("train"), teacher.build())
+    assert targets[0].teacher_maps.shape[-2:] == (6, 6)
+    trainer = GenTrainer(_config(tmp_path, data, teacher=teacher, iterations=2), targets)
+    losses = trainer.losses([0], [torch.arange(6)], 1)
+    assert torch.isfinite(losses["feature"]) and float(losses["feature"]) > 0
+
+
 def test_training_reduces_the_loss(tiny_targets, tmp_path: Path) -> None:
     data, targets = tiny_targets
     trainer = GenTrainer(_config(tmp_path, data), targets)
