@@ -33,6 +33,7 @@ from feature_splat.errors import CheckpointError, ConfigError
 from feature_splat.field import FeatureField
 from feature_splat.io import write_json
 from feature_splat.io.feature_cache import image_hash
+from feature_splat.io.files import read_json_object
 from feature_splat.io.outputs import output_kind
 from feature_splat.options import refuse_changed_settings
 from feature_splat.teachers import Teacher
@@ -146,22 +147,10 @@ def holds_run(folder: Path) -> bool:
     return output_kind(folder) == RUN_KIND and (folder / CONFIG_NAME).is_file()
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing (not a complete run folder)") from None
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable ({err})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
-
-
 def read_config(run_dir: Path) -> TrainConfig:
     """The TrainConfig stored in a run folder; any bad field is a CheckpointError naming it."""
     path = run_dir / CONFIG_NAME
-    data = _read_json(path)
+    data = read_json_object(path)
     try:
         return TrainConfig.from_dict(data)
     except ConfigError as err:
@@ -179,7 +168,7 @@ def check_resume(run_dir: Path, config: TrainConfig, dataset: Dataset) -> None:
 
 def _check_data(run_dir: Path, dataset: Dataset) -> None:
     path = run_dir / DATASET_NAME
-    record = _read_json(path)
+    record = read_json_object(path)
     if record.get("fingerprint") != dataset_fingerprint(dataset):
         raise CheckpointError(
             f"{path}: the data at {record.get('source')} is not what this run was trained on "

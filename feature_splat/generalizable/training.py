@@ -25,7 +25,6 @@ Checkpoints (``checkpoint.pt``: weights, optimiser, step, sampling RNG) are writ
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from feature_splat.generalizable.config import GenTrainConfig, PredictorConfig
 from feature_splat.generalizable.network import GaussianPredictor
 from feature_splat.io import write_json
 from feature_splat.io.checkpoints import build_checked, read_checkpoint, write_checkpoint
+from feature_splat.io.files import read_json_object
 from feature_splat.io.outputs import output_kind, prepare_output
 from feature_splat.options import refuse_changed_settings
 from feature_splat.teachers.base import pool_to_cells
@@ -316,10 +316,5 @@ def run_training(config: GenTrainConfig, show_progress: bool = True) -> GenTrain
 def _check_resume(out: Path, config: GenTrainConfig) -> None:
     """Refuse a resume whose data, teacher or model settings differ from the stored ones."""
     path = out / CONFIG_NAME
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable ({err})") from None
-    if not isinstance(stored, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+    stored = read_json_object(path)
     refuse_changed_settings(str(path), stored, config.to_dict(), RESUMABLE_CHANGES)

@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from feature_splat.errors import CheckpointError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -37,6 +39,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object a file feature-splat wrote holds (a run's config, its dataset record);
+    a missing, unreadable or non-object file is a CheckpointError naming it."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (not a complete run folder)") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
 
 
 def write_json(path: str | Path, data: Any) -> Path:
