@@ -19,6 +19,7 @@ from feature_splat.options import check_float, check_int, check_seed, check_text
 from feature_splat.training.config import (
     MAX_IMAGE_SIDE,
     MIN_IMAGE_SIDE,
+    FeatureLayout,
     TeacherName,
     TrainConfig,
 )
@@ -203,6 +204,9 @@ class EncodeConfig:
     teacher_model: str | None = None
     teacher_dim: int = 512
     teacher_stride: int = 8
+    features: Path | None = None
+    """Folder of per-image feature maps for --teacher precomputed."""
+    features_layout: FeatureLayout = "auto"
     pca: int | None = None
     """Store k PCA coefficients per cell instead of the teacher's full width."""
     batch: int = 8
@@ -214,6 +218,8 @@ class EncodeConfig:
 
     def __post_init__(self) -> None:
         check_int(self.batch, "batch", 1)
+        if self.teacher == "none":
+            raise ConfigError("encode: --teacher none has no features to cache")
         self.train_config()  # checks the data and teacher settings
 
     def train_config(self) -> TrainConfig:
@@ -224,6 +230,7 @@ class EncodeConfig:
             teacher_dim=self.teacher_dim, teacher_stride=self.teacher_stride,
             cache_dir=self.cache_dir, teacher_pca=self.pca, width=self.width, height=self.height,
             world_seed=self.world_seed, allow_outside_paths=self.allow_outside_paths,
+            features=self.features, features_layout=self.features_layout,
         )  # fmt: skip
 
 

@@ -40,6 +40,8 @@ class FeatureField:
     decoder: SpeedUpDecoder
     background: Tensor  # [3 + F]
     sh_degree: int
+    near_plane: float = 0.01
+    """Gaussians closer to the camera (camera-space depth, scene units) are not rendered."""
 
     def render(
         self, cameras: Cameras, backend: Backend = "auto", sh_degree: int | None = None
@@ -52,7 +54,7 @@ class FeatureField:
         out = rasterize(
             g.means, g.quats, g.scales, g.opacities, torch.cat([colors, features], dim=-1),
             cameras.viewmats.to(g.means), cameras.Ks.to(g.means), cameras.width, cameras.height,
-            backgrounds=self.background, backend=backend,
+            near_plane=self.near_plane, backgrounds=self.background, backend=backend,
         )  # fmt: skip
         return FieldRender(
             out.features[..., :3], out.features[..., 3:], out.depth, out.alpha, out.meta
@@ -97,6 +99,7 @@ class FeatureField:
             "decoder_state": self.decoder.state_dict(),
             "background": self.background.detach().cpu(),
             "sh_degree": self.sh_degree,
+            "near_plane": self.near_plane,
         }
         write_checkpoint(run_dir / DECODER_NAME, saved)
 
@@ -128,4 +131,9 @@ class FeatureField:
             raise CheckpointError(
                 f"{path}: sh_degree: expected 0..{gaussians.sh_degree} (the PLY's), got {sh_degree!r}"
             )
-        return cls(gaussians, decoder, background.float(), sh_degree)
+        near_plane = saved.get("near_plane", 0.01)  # fields from before the near plane was stored
+        if not isinstance(near_plane, float) or not 0 < near_plane < 1e10:
+            raise CheckpointError(
+                f"{path}: near_plane: expected a positive distance, got {near_plane!r}"
+            )
+        return cls(gaussians, decoder, background.float(), sh_degree, near_plane)

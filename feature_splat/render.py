@@ -44,7 +44,8 @@ def render_run(
     """Render a run's field at dataset views (default: held-out), ``orbit`` views around the scene,
     or one camera at ``eye_target`` = (eye, target) with the dataset's intrinsics.
 
-    Writes one PNG per view into ``out`` (default ``RUN/rendered``): RGB | depth | feature PCA.
+    Writes one PNG per view into ``out`` (default ``RUN/rendered``): RGB | depth | feature PCA
+    (RGB-only fields: RGB | depth).
     """
     run = Run(run_dir)
     field, dataset = run.field, run.dataset
@@ -63,10 +64,8 @@ def render_run(
         names = [file_names[v] for v in chosen]
     for i, name in enumerate(names):
         render = field.render(cameras[i])
-        panels = [
-            render.rgb[0].clamp(0, 1),
-            depth_rgb(render.depth[0], render.alpha[0]),
-            pca_rgb(render.features[0]),
-        ]
+        panels = [render.rgb[0].clamp(0, 1), depth_rgb(render.depth[0], render.alpha[0])]
+        if field.gaussians.feature_dim:
+            panels.append(pca_rgb(render.features[0]))
         write_png(out / f"{name}.png", torch.cat(panels, dim=1))
     return out

@@ -5,6 +5,8 @@ Layout::
     .feature-splat.json  marker: made by feature-splat for a "run" (or an "edit" of one)
     config.json       the TrainConfig, with absolute paths
     dataset.json      where the data came from, its views and splits, and a content fingerprint
+    teacher.npz       the teacher's identity and text embeddings (commands need no weights)
+    sam_decoder.pt    SAM runs: SAM's prompt encoder and mask decoder (point and box prompts)
     point_cloud.ply   3DGS fields + f_feat_0..F-1 (standard viewers show the RGB part)
     decoder.pt        speed-up decoder weights, background, SH degree
     metrics.json      held-out metrics (and the teacher that produced the targets)
@@ -28,21 +30,25 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from feature_splat.data import Dataset
 from feature_splat.errors import CheckpointError, ConfigError
 from feature_splat.field import FeatureField
 from feature_splat.io import write_json
-from feature_splat.io.feature_cache import image_hash
+from feature_splat.io.feature_cache import encode_dataset, image_hash
 from feature_splat.io.files import read_json_object
 from feature_splat.io.outputs import output_kind
 from feature_splat.options import refuse_changed_settings
 from feature_splat.teachers import Teacher
 from feature_splat.teachers.factory import build_teacher
+from feature_splat.teachers.stored import TEACHER_RECORD, StoredTeacher, TeacherUnavailableError
 from feature_splat.training.config import TrainConfig
 
 CONFIG_NAME = "config.json"
 DATASET_NAME = "dataset.json"
 METRICS_NAME = "metrics.json"
+SAM_DECODER_NAME = "sam_decoder.pt"
 RUN_KIND = "run"
 EDIT_KIND = "edit"
 # Settings a resumed run may change: they do not change what is trained, only for how long,
@@ -73,11 +79,13 @@ def resolved(config: TrainConfig) -> TrainConfig:
         out=absolute(config.out),
         cache_dir=absolute(config.cache_dir),
         teacher_checkpoint=absolute(config.teacher_checkpoint),
+        features=absolute(config.features),
     )
 
 
 def load_scene(config: TrainConfig) -> Dataset:
     """The dataset named by ``config.data``: a built-in world or a dataset folder."""
+    from feature_splat.data.files import holdout_split
     from feature_splat.data.loading import load_dataset
     from feature_splat.data.synthetic import load_world
 
@@ -87,14 +95,22 @@ def load_scene(config: TrainConfig) -> Dataset:
                 "'%s' names the built-in world; the folder ./%s is not used (write ./%s for it)",
                 config.data, config.data, config.data,
             )  # fmt: skip
-        return load_world(
+        dataset = load_world(
             config.data, width=config.width, height=config.height, seed=config.world_seed
         )
-    return load_dataset(config.data, allow_outside_paths=config.allow_outside_paths)
+    else:
+        dataset = load_dataset(config.data, allow_outside_paths=config.allow_outside_paths)
+    if config.test_views:
+        return dataset.with_test_views(dataset.view_indices(config.test_views, "--test-views"))
+    if config.holdout_every is not None:
+        return dataset.with_test_views(holdout_split(len(dataset), config.holdout_every)[1])
+    return dataset
 
 
-def make_teacher(config: TrainConfig, dataset: Dataset) -> Teacher:
-    """The teacher named by ``config.teacher``, set up for ``dataset``."""
+def make_teacher(config: TrainConfig, dataset: Dataset) -> Teacher | None:
+    """The teacher named by ``config.teacher``, set up for ``dataset`` (None: RGB only)."""
+    if config.teacher == "none":
+        return None
     return build_teacher(
         config.teacher,
         dataset,
@@ -103,6 +119,8 @@ def make_teacher(config: TrainConfig, dataset: Dataset) -> Teacher:
         dim=config.teacher_dim,
         stride=config.teacher_stride,
         allow_torchscript=config.allow_torchscript,
+        features=config.features,
+        features_layout=config.features_layout,
     )
 
 
@@ -132,6 +150,7 @@ def dataset_record(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
         "height": dataset.height,
         "train_views": len(dataset.train_indices),
         "test_views": len(dataset.test_indices),
+        "held_out": [dataset.image_names[i] for i in dataset.test_indices],
         "fingerprint": dataset_fingerprint(dataset),
     }
 
@@ -202,8 +221,55 @@ class Run:
         return dataset
 
     @cached_property
-    def teacher(self) -> Teacher:
-        return make_teacher(self.config, self.dataset)
+    def teacher(self) -> Teacher | None:
+        """The run's teacher as training saved it (:class:`StoredTeacher`; None for an RGB-only
+        run). Its weights are loaded only for what the record does not hold."""
+        if self.config.teacher == "none":
+            return None
+        record = self.path / TEACHER_RECORD
+        if not record.is_file():  # a run from before teacher records
+            return make_teacher(self.config, self.dataset)
+        return StoredTeacher(record, lambda: make_teacher(self.config, self.dataset))
+
+    def prompt_teacher(self) -> Teacher:
+        """The teacher text prompts go through; an RGB-only run has none (a ConfigError)."""
+        if self.teacher is None:
+            raise ConfigError(
+                f"{self.path}: trained with --teacher none (RGB only): it has no features to prompt"
+            )
+        return self.teacher
+
+    def sam_teacher(self) -> Teacher:
+        """SAM as point and box prompts need it: its prompt decoder saved with the run (no
+        weights needed), else the teacher built from its checkpoint."""
+        if self.config.teacher != "sam":
+            raise ConfigError(f"{self.path}: point and box prompts need a field distilled from SAM")
+        teacher = self.prompt_teacher()
+        saved = self.path / SAM_DECODER_NAME
+        if saved.is_file():
+            from feature_splat.teachers.sam import SamTeacher
+
+            sam = SamTeacher.from_prompt_decoder(saved)
+            if sam.config_id != teacher.config_id:
+                raise CheckpointError(f"{saved}: not the SAM this run was trained with")
+            return sam
+        return teacher.real if isinstance(teacher, StoredTeacher) else teacher
+
+    def teacher_maps(self) -> Tensor | None:
+        """The teacher's maps of every view, from the cache (or the teacher, if it can be
+        built); None, with a logged reason, when neither has them."""
+        teacher = self.teacher
+        if teacher is None:
+            return None
+        config, dataset = self.config, self.dataset
+        try:
+            return encode_dataset(
+                teacher, dataset.images, config.cache_dir, config.teacher_pca,
+                dataset_root=dataset.root,
+            )  # fmt: skip
+        except TeacherUnavailableError as err:
+            _log.warning("feature metrics skipped: %s", err)
+            return None
 
     @cached_property
     def field(self) -> FeatureField:

@@ -31,13 +31,17 @@ def pca_rgb(features: Tensor, mask: Tensor | None = None) -> Tensor:
 
 
 def depth_rgb(depth: Tensor, alpha: Tensor) -> Tensor:
-    """Grey-scale depth [H, W, 1] (near = bright) over black where nothing was rendered."""
+    """Grey-scale inverse depth [H, W, 1] (near = bright) over black where nothing was rendered.
+
+    Inverse depth keeps the scene readable when a sky or distant background lies far behind it.
+    """
     covered = alpha[..., 0] > 0.5
     if not bool(covered.any()):
         return torch.zeros(*depth.shape[:2], 3)
-    values = depth[..., 0][covered]
+    inverse = 1.0 / depth[..., 0].clamp_min(1e-6)
+    values = inverse[covered]
     lo, hi = float(values.min()), float(values.max())
-    grey = 1.0 - (depth[..., 0] - lo) / max(hi - lo, 1e-8)
+    grey = (inverse - lo) / max(hi - lo, 1e-8)
     grey = torch.where(covered, 0.15 + 0.85 * grey.clamp(0, 1), torch.zeros_like(grey))
     return grey[..., None].expand(-1, -1, 3)
 

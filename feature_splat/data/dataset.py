@@ -86,6 +86,30 @@ class Dataset:
     def height(self) -> int:
         return self.cameras.height
 
+    def with_test_views(self, test: list[int]) -> Dataset:
+        """The same views split anew: ``test`` held out, every other view trained on."""
+        held_out = set(test)
+        train = [i for i in range(len(self)) if i not in held_out]
+        return replace(self, train_indices=train, test_indices=sorted(held_out))
+
+    def view_indices(self, names: tuple[str, ...] | list[str], option: str) -> list[int]:
+        """Indices of views named by their name (``images/frame_001``) or its last part
+        (``frame_001``); an unknown or ambiguous name is a ConfigError naming ``option``."""
+        from feature_splat.errors import ConfigError
+
+        found = []
+        for name in names:
+            matches = [
+                i for i, view in enumerate(self.image_names)
+                if name in (view, view.rsplit("/", 1)[-1])
+            ]  # fmt: skip
+            if len(matches) != 1:
+                known = ", ".join(self.image_names[:5]) + (", ..." if len(self) > 5 else "")
+                what = "names no view" if not matches else f"names {len(matches)} views"
+                raise ConfigError(f"{option}: {name!r} {what} (views: {known})")
+            found.append(matches[0])
+        return found
+
     def subset(self, indices: list[int]) -> Dataset:
         """The views ``indices`` only (splits re-indexed; points and class names kept)."""
         index = torch.tensor(indices, dtype=torch.long)

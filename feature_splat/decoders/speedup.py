@@ -23,14 +23,16 @@ class SpeedUpDecoder(nn.Module):
     """Maps features [..., F] to [..., M]; linear unless ``hidden`` widths are given.
 
     ``identity=True`` (F = M) renders teacher-width features directly, with no decoder: the
-    baseline the speed-up is measured against.
+    baseline the speed-up is measured against. An identity of width 0 is the "decoder" of an
+    RGB-only field (``--teacher none``).
     """
 
     def __init__(
         self, in_dim: int, out_dim: int, hidden: tuple[int, ...] = (), identity: bool = False
     ) -> None:
         super().__init__()
-        if not all(1 <= width <= MAX_WIDTH for width in (in_dim, *hidden, out_dim)):
+        smallest = 0 if identity else 1
+        if not all(smallest <= width <= MAX_WIDTH for width in (in_dim, *hidden, out_dim)):
             raise InputShapeError(
                 f"SpeedUpDecoder: widths must be 1..{MAX_WIDTH}, got {in_dim} -> {out_dim} "
                 f"(hidden {list(hidden)})"

@@ -38,9 +38,7 @@ def _sam_best_mask(run: Run, view: int, prompt: SamPrompt) -> tuple[torch.Tensor
     from feature_splat.prompts.sam import sam_masks
     from feature_splat.teachers import to_teacher_cells
 
-    if run.config.teacher != "sam":
-        raise ConfigError(f"{run.path}: point and box prompts need a field distilled from SAM")
-    dataset, teacher, field = run.dataset, run.teacher, run.field
+    dataset, teacher, field = run.dataset, run.sam_teacher(), run.field
     render = field.render(dataset.cameras[view])
     cells = teacher.geometry(dataset.height, dataset.width).valid_cells
     pooled = to_teacher_cells(render.features[0].permute(2, 0, 1)[None], cells, None)[0]
@@ -106,7 +104,7 @@ def query_run(
     for label in labels:
         check_text(label, "labels")
     run = Run(run_dir, allow_torchscript=allow_torchscript)
-    dataset, teacher, field = run.dataset, run.teacher, run.field
+    dataset, teacher, field = run.dataset, run.prompt_teacher(), run.field
     chosen = run.views(views)
     default = run.path / "queries" / prompt_folder_name(text)
     out = prepare_output(out or default, QUERY_KIND, inputs=[dataset.root])
@@ -180,9 +178,11 @@ def edit_run(
     dataset, field = run.dataset, run.field
     if sam_prompt is not None:
         (sam_view,) = run.views([sam_view])
+    else:
+        run.prompt_teacher()  # an RGB-only run has nothing to select by
     out = prepare_output(out, EDIT_KIND, inputs=[dataset.root])
     if text is not None:
-        selection = gaussian_scores(field, run.teacher, text, mode=mode) > threshold
+        selection = gaussian_scores(field, run.prompt_teacher(), text, mode=mode) > threshold
     else:
         mask, _ = _sam_best_mask(run, sam_view, sam_prompt)
         selection = select_by_masks(field, dataset.cameras[sam_view], mask[None])

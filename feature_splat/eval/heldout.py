@@ -27,6 +27,7 @@ from feature_splat.eval.metrics import (
 from feature_splat.field import FeatureField
 from feature_splat.io import write_json, write_png
 from feature_splat.io.names import view_file_names
+from feature_splat.near_field import count_veils
 from feature_splat.teachers import Teacher, grid_stride, to_teacher_cells
 from feature_splat.visualize import depth_rgb, label_rgb, pca_rgb
 
@@ -46,13 +47,20 @@ def label_set(dataset: Dataset) -> tuple[list[str], Tensor]:
 def evaluate_heldout(
     field: FeatureField,
     dataset: Dataset,
-    teacher: Teacher,
-    teacher_maps: Tensor,
+    teacher: Teacher | None,
+    teacher_maps: Tensor | None,
     out_dir: Path | None = None,
 ) -> dict[str, object]:
-    """Metrics averaged over ``dataset.test_indices``; PNG grids per view into ``out_dir/renders``."""
+    """Metrics averaged over ``dataset.test_indices``; PNG grids per view into ``out_dir/renders``.
+
+    Without ``teacher`` (an RGB-only field) only RGB is scored; without ``teacher_maps`` (a
+    teacher whose features are neither cached nor computable here) the feature cosine and the
+    agreement with the teacher are left out, and text segmentation is scored against the truth.
+    """
     names, lookup = label_set(dataset)
-    text = teacher.encode_text(names) if names and teacher.language_aligned else None
+    text = None
+    if names and teacher is not None and teacher.language_aligned and field.gaussians.feature_dim:
+        text = teacher.encode_text(names)
     file_names = view_file_names(dataset.image_names)
     renders = None if out_dir is None else Path(out_dir) / "renders"
     if renders is not None and renders.is_symlink():
@@ -65,85 +73,88 @@ def evaluate_heldout(
         render = field.render(dataset.cameras[view])
         rgb = render.rgb[0].clamp(0, 1)
         target = dataset.images[view]
-        teacher_cells = teacher_maps[view].float()
-        cells = to_teacher_cells(
-            render.features[0].permute(2, 0, 1)[None], teacher_cells.shape[:2], grid_stride(teacher)
-        )[0]
-        decoded_cells = field.decode(cells.permute(1, 2, 0))
         row: dict[str, object] = {
             "view": dataset.image_names[view],
             "psnr": psnr(rgb, target),
             "ssim": ssim(rgb, target),
-            "feature_cosine": feature_cosine(decoded_cells, teacher_cells),
         }
+        decoded_cells = teacher_cells = None
+        if teacher is not None and teacher_maps is not None:
+            teacher_cells = teacher_maps[view].float()
+            cells = to_teacher_cells(
+                render.features[0].permute(2, 0, 1)[None], teacher_cells.shape[:2],
+                grid_stride(teacher),
+            )[0]  # fmt: skip
+            decoded_cells = field.decode(cells.permute(1, 2, 0))
+            row["feature_cosine"] = feature_cosine(decoded_cells, teacher_cells)
         segmentation = None
         if text is not None:
-            decoded = field.decode(render.features[0])
-            segmentation = segment_by_text(decoded, text)
+            segmentation = segment_by_text(field.decode(render.features[0]), text)
             truth = lookup[dataset.labels[view]]
-            pred_cells = segment_by_text(decoded_cells, text)
-            teacher_argmax = segment_by_text(teacher_cells, text)
-            for key, value in zip(
-                pooled, (truth, segmentation, teacher_argmax, pred_cells), strict=True
-            ):
-                pooled[key].append(value.reshape(-1))
+            pooled["truth"].append(truth.reshape(-1))
+            pooled["pred"].append(segmentation.reshape(-1))
             vs_truth = segmentation_scores(segmentation, truth, len(names))
-            vs_teacher = segmentation_scores(pred_cells, teacher_argmax, len(names))
             row |= {
                 "text_accuracy_vs_truth": vs_truth["accuracy"],
                 "text_miou_vs_truth": vs_truth["miou"],
-                "text_accuracy_vs_teacher": vs_teacher["accuracy"],
-                "text_miou_vs_teacher": vs_teacher["miou"],
             }
+            if decoded_cells is not None:
+                pred_cells = segment_by_text(decoded_cells, text)
+                teacher_argmax = segment_by_text(teacher_cells, text)
+                pooled["pred_cells"].append(pred_cells.reshape(-1))
+                pooled["teacher"].append(teacher_argmax.reshape(-1))
+                vs_teacher = segmentation_scores(pred_cells, teacher_argmax, len(names))
+                row |= {
+                    "text_accuracy_vs_teacher": vs_teacher["accuracy"],
+                    "text_miou_vs_teacher": vs_teacher["miou"],
+                }
         per_view.append(row)
         if renders is not None:
-            panels = [
-                target,
-                rgb,
-                depth_rgb(render.depth[0], render.alpha[0]),
-                pca_rgb(render.features[0]),
-            ]
+            panels = [target, rgb, depth_rgb(render.depth[0], render.alpha[0])]
+            if field.gaussians.feature_dim:
+                panels.append(pca_rgb(render.features[0]))
             if segmentation is not None:
                 panels.append(label_rgb(segmentation))
-            write_png(
-                renders / f"{file_names[view]}.png",
-                torch.cat(panels, dim=1),
-            )
+            write_png(renders / f"{file_names[view]}.png", torch.cat(panels, dim=1))
     keys = [k for k in per_view[0] if k != "view"] if per_view else []
     summary: dict[str, object] = {
         k: sum(float(r[k]) for r in per_view) / len(per_view) for k in keys
     }
-    if text is not None:
+    if text is not None and per_view:
         # Segmentation scored over all held-out pixels at once (one confusion matrix, the usual
         # protocol): a class seen by a few pixels of one view does not weigh as much as a whole class.
-        cat = {key: torch.cat(values) for key, values in pooled.items()}
+        cat = {key: torch.cat(values) for key, values in pooled.items() if values}
         vs_truth = segmentation_scores(cat["pred"], cat["truth"], len(names))
-        vs_teacher = segmentation_scores(cat["pred_cells"], cat["teacher"], len(names))
         summary |= {
             "text_accuracy_vs_truth": vs_truth["accuracy"],
             "text_miou_vs_truth": vs_truth["miou"],
-            "text_accuracy_vs_teacher": vs_teacher["accuracy"],
-            "text_miou_vs_teacher": vs_teacher["miou"],
             "per_class_iou_vs_truth": {names[k]: v for k, v in vs_truth["per_class_iou"].items()},
         }
-    summary["labels"] = names
-    summary["teacher"] = teacher.name
+        if "teacher" in cat:
+            vs_teacher = segmentation_scores(cat["pred_cells"], cat["teacher"], len(names))
+            summary |= {
+                "text_accuracy_vs_teacher": vs_teacher["accuracy"],
+                "text_miou_vs_teacher": vs_teacher["miou"],
+            }
+    train = dataset.cameras[torch.tensor(dataset.train_indices, dtype=torch.long)]
+    summary["near_field_veils"] = count_veils(field.gaussians, train) if len(train) else 0
+    summary["labels"] = names if text is not None else []
+    summary["teacher"] = "none" if teacher is None else teacher.name
     summary["views"] = per_view
     return summary
 
 
 def evaluate_run(run_dir: Path, allow_torchscript: bool = False) -> dict[str, object]:
     """Re-evaluate a run folder on its held-out views (its config names the data and the
-    teacher): rewrites ``metrics.json`` (training figures kept) and ``renders/``."""
-    from feature_splat.io.feature_cache import encode_dataset
+    teacher): rewrites ``metrics.json`` (training figures kept) and ``renders/``. Needs no
+    teacher weights when the run's features are in its cache (feature metrics are skipped
+    when neither the cache nor the teacher has them)."""
     from feature_splat.run_folder import METRICS_NAME, Run
 
     run = Run(run_dir, allow_torchscript=allow_torchscript)
-    config, dataset, teacher = run.config, run.dataset, run.teacher
-    maps = encode_dataset(
-        teacher, dataset.images, config.cache_dir, config.teacher_pca, dataset_root=dataset.root
+    metrics = evaluate_heldout(
+        run.field, run.dataset, run.teacher, run.teacher_maps(), out_dir=run.path
     )
-    metrics = evaluate_heldout(run.field, dataset, teacher, maps, out_dir=run.path)
     path = run.path / METRICS_NAME
     previous = _read_metrics(path)
     kept = {k: previous[k] for k in _TRAINING_FIGURES if k in previous}

@@ -23,7 +23,23 @@ CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
 RELEVANCY_SCALE = 10.0
 
 
-def _text_embeddings(teacher: Teacher, texts: list[str]) -> Tensor:
+def negatives_for(teacher: Teacher, text: str) -> tuple[str, ...]:
+    """Relevancy's negatives: the canonical ones, or for a teacher that knows only a closed set
+    of labels (``label_names``: precomputed features), the labels other than ``text``."""
+    labels = getattr(teacher, "label_names", None)
+    if not labels:
+        return CANONICAL_NEGATIVES
+    others = tuple(n for n in labels if n.strip().lower() != text.strip().lower())
+    if not others:
+        raise ConfigError(f"--text {text!r}: relevancy needs another label to compare against")
+    return others
+
+
+def _text_embeddings(teacher: Teacher | None, texts: list[str]) -> Tensor:
+    if teacher is None:
+        raise ConfigError(
+            "--text: this field was trained with --teacher none (RGB only): it has no features"
+        )
     if not teacher.language_aligned:
         raise ConfigError(
             f"--text: the teacher '{teacher.name}' has no text encoder; text prompts need a "
@@ -57,9 +73,11 @@ def relevancy(
     cameras: Cameras,
     teacher: Teacher,
     text: str,
-    negatives: tuple[str, ...] = CANONICAL_NEGATIVES,
+    negatives: tuple[str, ...] | None = None,
 ) -> Tensor:
-    """LERF relevancy [C, H, W] in (0, 1) of ``text`` against the canonical ``negatives``."""
+    """LERF relevancy [C, H, W] in (0, 1) of ``text`` against ``negatives`` (default:
+    :func:`negatives_for`)."""
+    negatives = negatives_for(teacher, text) if negatives is None else negatives
     texts = _text_embeddings(teacher, [text, *negatives])
     return relevancy_from_cosines(_cosines(field.decode(field.render(cameras).features), texts))
 
@@ -86,7 +104,7 @@ def gaussian_scores(
     teacher: Teacher,
     text: str,
     mode: str = "relevancy",
-    negatives: tuple[str, ...] = CANONICAL_NEGATIVES,
+    negatives: tuple[str, ...] | None = None,
 ) -> Tensor:
     """Per-Gaussian score [N] for ``text``: LERF ``relevancy`` (default) or raw ``cosine`` (the score
     Feature 3DGS thresholds for its edits)."""
@@ -94,4 +112,5 @@ def gaussian_scores(
     decoded = field.decode(field.gaussians.features)
     if mode == "cosine":
         return _cosines(decoded, _text_embeddings(teacher, [text]))[:, 0]
+    negatives = negatives_for(teacher, text) if negatives is None else negatives
     return relevancy_from_cosines(_cosines(decoded, _text_embeddings(teacher, [text, *negatives])))

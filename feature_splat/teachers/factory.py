@@ -9,7 +9,7 @@ from feature_splat.data import Dataset
 from feature_splat.errors import BackendUnavailableError, DatasetError
 from feature_splat.teachers.base import Teacher
 
-TEACHER_NAMES = ("synthetic", "sam", "clip", "lseg", "dino")
+TEACHER_NAMES = ("synthetic", "sam", "clip", "lseg", "dino", "precomputed")
 # The package each teacher needs and the extra that installs it.
 _REQUIREMENTS = {
     "sam": ("segment_anything", "sam"),
@@ -28,6 +28,8 @@ def build_teacher(
     dim: int = 512,
     stride: int = 8,
     allow_torchscript: bool = False,
+    features: str | Path | None = None,
+    features_layout: str = "auto",
 ) -> Teacher:
     """The teacher ``name`` (one of :data:`TEACHER_NAMES`).
 
@@ -36,8 +38,16 @@ def build_teacher(
     name, default vit_small_patch14_dinov2; LSeg: clip_vitl16_384). ``dim`` and ``stride`` set the
     synthetic oracle; ``stride`` also sets CLIP's cell size in pixels. The synthetic oracle needs
     ``dataset`` with ground-truth labels (a built-in world). ``allow_torchscript`` lets a CLIP
-    checkpoint be an OpenAI TorchScript archive, which runs code when loaded.
+    checkpoint be an OpenAI TorchScript archive, which runs code when loaded. ``precomputed``
+    reads the maps in the folder ``features`` for the views of ``dataset``
+    (:mod:`feature_splat.teachers.precomputed`).
     """
+    if name == "precomputed":
+        from feature_splat.teachers.precomputed import PrecomputedTeacher
+
+        if dataset is None or features is None:
+            raise DatasetError("teacher 'precomputed': needs the dataset and a --features folder")
+        return PrecomputedTeacher(features, dataset, features_layout)
     if name == "synthetic":
         from feature_splat.teachers.synthetic import SyntheticTeacher
 

@@ -47,7 +47,12 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor
 
 from feature_splat.errors import CheckpointError, InputShapeError, NonFiniteError
-from feature_splat.io.checkpoints import load_strict, read_state_dict
+from feature_splat.io.checkpoints import (
+    load_strict,
+    read_checkpoint,
+    read_state_dict,
+    write_checkpoint,
+)
 from feature_splat.teachers.checkpoints import (
     build_seeded,
     file_digest,
@@ -91,15 +96,32 @@ SAM_CONFIGS: dict[str, SamConfig] = {
 }
 
 
-def build_sam_model(config: SamConfig) -> Sam:
+class _NoImageEncoder(torch.nn.Module):
+    """Stands in for the image encoder of a SAM kept for prompting only (its prompt decoder)."""
+
+    def __init__(self, img_size: int) -> None:
+        super().__init__()
+        self.img_size = img_size
+
+    def forward(self, images: Tensor) -> Tensor:
+        raise CheckpointError(
+            "SAM: only its prompt decoder was saved with the run; encoding images needs the "
+            "checkpoint (--teacher-checkpoint)"
+        )
+
+
+def build_sam_model(config: SamConfig, image_encoder: bool = True) -> Sam:
     """A randomly initialised SAM (eval mode) built as segment-anything's ``_build_sam`` builds it.
 
     For the official configurations its state dict has exactly the official checkpoints' keys and
-    shapes.
+    shapes. Without ``image_encoder`` only the prompt encoder and mask decoder are built (what
+    prompting rendered features needs).
     """
     grid = config.image_size // config.patch_size
     sam = Sam(
-        image_encoder=ImageEncoderViT(
+        image_encoder=_NoImageEncoder(config.image_size)
+        if not image_encoder
+        else ImageEncoderViT(
             depth=config.encoder_depth,
             embed_dim=config.encoder_embed_dim,
             img_size=config.image_size,
@@ -202,6 +224,32 @@ class SamTeacher:
         model = build_seeded(lambda: build_sam_model(config), seed)
         teacher = cls.__new__(cls)
         teacher._setup(model, model_type, config, f"random-init:{seed}", device)
+        return teacher
+
+    def save_prompt_decoder(self, path: Path) -> Path:
+        """Write the prompt encoder and mask decoder (what point and box prompts on rendered
+        features need, a few MB) with the model type and weights id, atomically."""
+        state = {
+            "model_type": self.model_type,
+            "weights_id": self.weights_id,
+            "prompt_encoder": self.prompt_encoder.state_dict(),
+            "mask_decoder": self.mask_decoder.state_dict(),
+        }
+        return write_checkpoint(path, state)
+
+    @classmethod
+    def from_prompt_decoder(cls, path: Path) -> SamTeacher:
+        """The SAM written by :meth:`save_prompt_decoder`: it answers prompts on given
+        embeddings (and has the same ``config_id``), but cannot encode images."""
+        state = read_checkpoint(path, "SAM prompt decoder")
+        if not isinstance(state, dict) or not isinstance(state.get("weights_id"), str):
+            raise CheckpointError(f"{path}: expected a SAM prompt decoder file")
+        config = _config(state.get("model_type"))
+        model = build_sam_model(config, image_encoder=False)
+        for part in ("prompt_encoder", "mask_decoder"):
+            load_strict(getattr(model, part), state.get(part), f"{path}: {part}")
+        teacher = cls.__new__(cls)
+        teacher._setup(model, state["model_type"], config, state["weights_id"], "cpu")
         return teacher
 
     def _setup(

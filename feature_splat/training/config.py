@@ -8,6 +8,7 @@ from typing import Literal, get_args
 
 import tyro
 
+from feature_splat.errors import ConfigError
 from feature_splat.options import (
     check_choice,
     check_float,
@@ -17,7 +18,9 @@ from feature_splat.options import (
 )
 from feature_splat.rasterizer.backends import BACKENDS, Backend
 
-TeacherName = Literal["synthetic", "sam", "clip", "lseg", "dino"]
+TeacherName = Literal["synthetic", "sam", "clip", "lseg", "dino", "precomputed", "none"]
+FeatureLayout = Literal["auto", "hwc", "chw"]
+InitName = Literal["auto", "points", "rays", "box"]
 # Bounds that keep a run's tensors within reach of one machine (3DGS scenes reach a few million
 # Gaussians; teachers' widths are 256 to 1536) and images large enough for SSIM's 11-pixel window.
 MAX_ITERATIONS = 10**8
@@ -60,6 +63,9 @@ class DensifyConfig:
     grow_grad2d: float = 3e-4
     grow_scale3d: float = 0.01
     prune_opacity: float = 0.005
+    prune_veils: bool = True
+    """Every refine_every steps and once at the end, remove the Gaussians that veil a training
+    view from its near field (feature_splat.near_field)."""
 
     def __post_init__(self) -> None:
         check_int(self.refine_start, "densify.refine_start")
@@ -80,7 +86,13 @@ class TrainConfig:
     out: Path = Path("outputs/run")
     """Run folder: PLY, decoder, config, metrics, PNGs, checkpoints."""
     teacher: TeacherName = "synthetic"
-    """The 2D teacher distilled (the synthetic oracle needs a built-in world)."""
+    """The 2D teacher distilled: the synthetic oracle (built-in worlds only), a foundation model
+    (sam, clip, lseg, dino: local weights), ``precomputed`` (feature maps made elsewhere, read from
+    --features) or ``none`` (RGB only: no feature channels, no decoder)."""
+    features: Path | None = None
+    """Folder of per-image feature maps for --teacher precomputed (docs/own_data.md)."""
+    features_layout: FeatureLayout = "auto"
+    """Axis order of precomputed maps: [h, w, M] (hwc), [M, h, w] (chw) or auto (from the shape)."""
     teacher_checkpoint: Path | None = None
     """Local weights of a foundation-model teacher (nothing is ever downloaded)."""
     allow_torchscript: bool = False
@@ -99,8 +111,9 @@ class TrainConfig:
     """Teacher-feature cache folder (one fp16 file per image, reused across runs); none = memory only."""
     teacher_pca: int | None = None
     """Store the cached teacher features as this many PCA coefficients (needs cache_dir)."""
-    feature_dim: int = 16
-    """Channels rendered per Gaussian (F); the decoder lifts them to the teacher's width."""
+    feature_dim: int | None = None
+    """Channels rendered per Gaussian (F); the decoder lifts them to the teacher's width.
+    Default 16, and 0 with --teacher none."""
     decoder: Literal["linear", "mlp", "none"] = "linear"
     """Speed-up decoder: linear (exact per-Gaussian decoding), an MLP, or none (render the
     teacher's width directly; needs feature_dim == teacher_dim)."""
@@ -116,7 +129,19 @@ class TrainConfig:
     sh_degree_every: int = 1000
     """Raise the active SH degree by one every this many steps, up to ``sh_degree``."""
     init_points: int = 30_000
-    """Initial Gaussians: sampled from the dataset's points, or uniform in the scene bounds."""
+    """Number of initial Gaussians."""
+    init: InitName = "auto"
+    """Where they start: at the dataset's points, on the training cameras' rays (coloured by
+    their pixels, at depths within the scene bounds), or uniformly in a box around the cameras.
+    auto: points when the dataset has them, else rays."""
+    near_plane: float = 0.02
+    """Gaussians closer to a camera than this fraction of the scene scale are not rendered (in
+    training and afterwards), and large ones inside twice that are pruned while densifying."""
+    holdout_every: int | None = None
+    """Hold out every K-th view (0, K, 2K, ...) for evaluation; 0 holds none out. Default: the
+    dataset's own split lists, else every 8th."""
+    test_views: tuple[str, ...] = ()
+    """Held-out views by name (as in dataset.json), instead of --holdout-every."""
     init_opacity: float = 0.1
     width: int = 128
     height: int = 96
@@ -135,11 +160,25 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_text(self.data, "data")
         check_choice(self.teacher, "teacher", get_args(TeacherName))
+        check_choice(self.features_layout, "features_layout", get_args(FeatureLayout))
+        if (self.teacher == "precomputed") != (self.features is not None):
+            raise ConfigError(
+                "--features: give it with --teacher precomputed, and only then"
+                if self.features is not None
+                else "--teacher precomputed: needs --features DIR (the folder of feature maps)"
+            )
+        if self.feature_dim is None:
+            self.feature_dim = 0 if self.teacher == "none" else 16
+        if self.teacher == "none" and self.feature_dim != 0:
+            raise ConfigError(
+                f"feature_dim: --teacher none trains RGB only (0 channels), got {self.feature_dim}"
+            )
         check_int(self.teacher_dim, "teacher_dim", 1, MAX_TEACHER_DIM)
         check_int(self.teacher_stride, "teacher_stride", 1, MAX_IMAGE_SIDE)
         if self.teacher_pca is not None:
             check_int(self.teacher_pca, "teacher_pca", 1)
-        check_int(self.feature_dim, "feature_dim", 1, MAX_FEATURE_DIM)
+        check_int(self.feature_dim, "feature_dim", 0 if self.teacher == "none" else 1,
+                  MAX_FEATURE_DIM)  # fmt: skip
         check_choice(self.decoder, "decoder", ("linear", "mlp", "none"))
         for width in self.decoder_hidden:
             check_int(width, "decoder_hidden", 1, MAX_TEACHER_DIM)
@@ -149,6 +188,14 @@ class TrainConfig:
         check_int(self.sh_degree, "sh_degree", 0, 3)
         check_int(self.sh_degree_every, "sh_degree_every", 1)
         check_int(self.init_points, "init_points", 1, MAX_GAUSSIANS)
+        check_choice(self.init, "init", get_args(InitName))
+        check_float(self.near_plane, "near_plane", 1e-6, 1.0)
+        if self.holdout_every is not None:
+            check_int(self.holdout_every, "holdout_every", 0, 1 << 30)
+            if self.test_views:
+                raise ConfigError("--test-views and --holdout-every: give one of them")
+        for name in self.test_views:
+            check_text(name, "test_views")
         check_float(self.init_opacity, "init_opacity", 1e-6, 1 - 1e-6)
         check_int(self.width, "width", MIN_IMAGE_SIDE, MAX_IMAGE_SIDE)
         check_int(self.height, "height", MIN_IMAGE_SIDE, MAX_IMAGE_SIDE)
@@ -162,9 +209,10 @@ class TrainConfig:
         data = asdict(self)
         del data["allow_torchscript"]
         data["out"] = str(self.out)
-        for key in ("cache_dir", "teacher_checkpoint"):
+        for key in ("cache_dir", "teacher_checkpoint", "features"):
             data[key] = None if data[key] is None else str(data[key])
         data["decoder_hidden"] = list(self.decoder_hidden)
+        data["test_views"] = list(self.test_views)
         return data
 
     @classmethod
@@ -172,9 +220,10 @@ class TrainConfig:
         """The config :meth:`to_dict` wrote (a ConfigError names a bad value)."""
         data = dict(data)
         data["out"] = Path(data["out"])
-        for key in ("cache_dir", "teacher_checkpoint"):
+        for key in ("cache_dir", "teacher_checkpoint", "features"):
             data[key] = None if data.get(key) is None else Path(data[key])
         data["decoder_hidden"] = tuple(data.get("decoder_hidden", ()))
+        data["test_views"] = tuple(data.get("test_views", ()))
         data["lr"] = LearningRates(**data.get("lr", {}))
         data["densify"] = DensifyConfig(**data.get("densify", {}))
         return cls(**data)

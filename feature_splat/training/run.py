@@ -20,9 +20,11 @@ from feature_splat.field import FeatureField
 from feature_splat.io import write_json
 from feature_splat.io.feature_cache import encode_dataset
 from feature_splat.io.outputs import prepare_output
+from feature_splat.prompts.text import CANONICAL_NEGATIVES
 from feature_splat.run_folder import (
     METRICS_NAME,
     RUN_KIND,
+    SAM_DECODER_NAME,
     check_resume,
     holds_run,
     load_scene,
@@ -31,6 +33,7 @@ from feature_splat.run_folder import (
     write_manifest,
 )
 from feature_splat.teachers import Teacher, grid_stride
+from feature_splat.teachers.stored import TEACHER_RECORD, vocabulary_of, write_teacher_record
 from feature_splat.training.config import TrainConfig
 from feature_splat.training.trainer import Trainer
 
@@ -42,7 +45,23 @@ class RunResult:
     metrics: dict[str, object]
     field: FeatureField
     dataset: Dataset
-    teacher: Teacher
+    teacher: Teacher | None
+
+
+def split_summary(config: TrainConfig, dataset: Dataset) -> str:
+    """One line: how many views train and which are held out, and why."""
+    if config.test_views:
+        rule = "--test-views"
+    elif config.holdout_every is not None:
+        rule = f"--holdout-every {config.holdout_every}"
+    else:
+        rule = "the dataset's split"
+    names = [dataset.image_names[i] for i in dataset.test_indices]
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    return (
+        f"{len(dataset)} views: {len(dataset.train_indices)} train, {len(names)} held out "
+        f"({rule}){': ' + shown if names else ''}"
+    )
 
 
 def train(config: TrainConfig, console: Console | None = None) -> RunResult:
@@ -61,14 +80,23 @@ def train(config: TrainConfig, console: Console | None = None) -> RunResult:
     dataset = load_scene(config)
     if not dataset.train_indices:
         raise DatasetError(f"{config.data}: has no training views (every view is held out)")
+    console.print(split_summary(config, dataset))
     if config.resume:
         check_resume(out, config, dataset)
     teacher = make_teacher(config, dataset)
     prepare_output(out, RUN_KIND, inputs=[dataset.root])
-    teacher_maps = encode_dataset(
-        teacher, dataset.images, config.cache_dir, config.teacher_pca, dataset_root=dataset.root
-    )
-    trainer = Trainer(config, dataset, teacher_maps, teacher.dim, grid_stride(teacher))
+    if teacher is None:
+        teacher_maps = None
+        trainer = Trainer(config, dataset, None, 0)
+    else:
+        teacher_maps = encode_dataset(
+            teacher, dataset.images, config.cache_dir, config.teacher_pca, dataset_root=dataset.root
+        )
+        vocabulary = vocabulary_of(teacher) or [*dataset.class_names, *CANONICAL_NEGATIVES]
+        write_teacher_record(out / TEACHER_RECORD, teacher, vocabulary)
+        if teacher.name == "sam":  # point and box prompts then need no SAM weights
+            teacher.save_prompt_decoder(out / SAM_DECODER_NAME)
+        trainer = Trainer(config, dataset, teacher_maps, teacher.dim, grid_stride(teacher))
     if config.resume and trainer.checkpoint_path.is_file():
         trainer.load_checkpoint()
         console.print(f"resumed at step {trainer.step}")
@@ -77,6 +105,8 @@ def train(config: TrainConfig, console: Console | None = None) -> RunResult:
     write_manifest(out, config, dataset)
     train_start = time.perf_counter()
     trainer.train()
+    if config.densify.prune_veils:  # veils grown since the last refinement step
+        trainer.prune_veils()
     train_seconds = time.perf_counter() - train_start
     field = trainer.field()
     field.save(out)
@@ -88,7 +118,7 @@ def train(config: TrainConfig, console: Console | None = None) -> RunResult:
         "train_seconds": train_seconds,
         "seconds_per_iteration": train_seconds / config.iterations,
         "total_seconds": time.perf_counter() - start,
-        "teacher_config_id": teacher.config_id,
+        "teacher_config_id": None if teacher is None else teacher.config_id,
     }
     write_json(out / METRICS_NAME, metrics)
     return RunResult(metrics, field, dataset, teacher)

@@ -14,37 +14,50 @@ from pathlib import Path
 
 import torch
 from gsplat.strategy import DefaultStrategy
+from gsplat.strategy.ops import remove
 from torch import Tensor
 
+from feature_splat.cameras import Cameras
 from feature_splat.data import Dataset
 from feature_splat.decoders import SpeedUpDecoder
 from feature_splat.errors import CheckpointError, DatasetError
 from feature_splat.field import FeatureField
 from feature_splat.gaussians import GaussianField, num_sh_bases, rgb_to_sh0
 from feature_splat.io.checkpoints import read_checkpoint, write_checkpoint
+from feature_splat.near_field import NEAR_FIELD, find_veils, scene_scale
 from feature_splat.teachers import to_teacher_cells
 from feature_splat.training.config import MIN_IMAGE_SIDE, TrainConfig
 from feature_splat.training.loop import run_steps
 from feature_splat.training.losses import photometric_loss
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def scene_scale(dataset: Dataset) -> float:
-    """gsplat's scene scale: 1.1 x the largest distance of a camera centre from their mean."""
-    centers = dataset.cameras.centers
-    scale = 1.1 * float((centers - centers.mean(0)).norm(dim=-1).max().clamp_min(1e-3))
-    if not math.isfinite(scale):
-        raise DatasetError("cameras: their centres are not finite (poses beyond float32 range)")
-    return scale
+RAY_DEPTHS = (0.3, 1.7)
+"""Depths of ray-initialised Gaussians, as multiples of each camera's distance to the focus."""
+RAY_CANDIDATES = 24
+"""Depths tried along each initial ray, besides the far shell."""
+FAR_SHELL = 3.0
+"""Radius of the far shell of ray-initialised Gaussians, in the cameras' largest distance to the
+focus."""
+FAR_SHARE = 0.1
+"""Largest share of ray-initialised Gaussians on the far shell."""
+FAR_TOLERANCE = 0.02
+"""Colour disagreement by which the far shell may lose and still be chosen."""
 
 
 def initial_gaussians(
     dataset: Dataset, config: TrainConfig, generator: torch.Generator
-) -> GaussianField:
-    """Gaussians at the dataset's points (or uniform in the cameras' bounds), sized by their neighbours."""
+) -> tuple[GaussianField, Tensor]:
+    """``config.init_points`` Gaussians placed as ``config.init`` says, sized by their
+    neighbours, and the background colour to start from [3]: with ``rays``, the median colour
+    of the pixels found to be distant (so the background, not Gaussians, explains a plain sky);
+    otherwise black."""
+    background = torch.zeros(3)
     n = config.init_points
-    if dataset.points is not None and len(dataset.points) > 0:
+    has_points = dataset.points is not None and len(dataset.points) > 0
+    mode = ("points" if has_points else "rays") if config.init == "auto" else config.init
+    if mode == "points":
+        if not has_points:
+            raise DatasetError(f"--init points: {dataset.root or 'the dataset'} has no point cloud")
         pick = torch.randperm(len(dataset.points), generator=generator)[:n]
         means = dataset.points[pick].float()
         colors = (
@@ -52,16 +65,20 @@ def initial_gaussians(
             if dataset.point_colors is not None
             else torch.full_like(means, 0.5)
         )
+    elif mode == "rays":
+        means, colors, far = points_on_rays(dataset, n, generator)
+        if far.any():
+            background = colors[far].median(dim=0).values
     else:
         centers = dataset.cameras.centers
-        radius = scene_scale(dataset)
+        radius = scene_scale(dataset.cameras)
         lo, hi = centers.min(0).values - radius, centers.max(0).values + radius
         means = lo + (hi - lo) * torch.rand(n, 3, generator=generator)
         colors = torch.rand(n, 3, generator=generator)
     scales = _neighbour_distance(means).clamp_min(1e-4)[:, None].expand(-1, 3)
     quats = torch.zeros(len(means), 4)
     quats[:, 0] = 1.0
-    return GaussianField(
+    gaussians = GaussianField(
         means=means,
         quats=quats,
         log_scales=torch.log(scales).clone(),
@@ -72,6 +89,117 @@ def initial_gaussians(
         shN=torch.zeros(len(means), num_sh_bases(config.sh_degree) - 1, 3),
         features=0.01 * torch.randn(len(means), config.feature_dim, generator=generator),
     )
+    return gaussians, background
+
+
+def focus_point(cameras: Cameras) -> Tensor:
+    """The point nearest to every camera's optical axis (least squares): where a capture looks.
+    For axes that are (nearly) parallel, as in a forward-facing capture, the cameras' centroid
+    moved one scene scale along their mean viewing direction."""
+    centers = cameras.centers.double()
+    axes = cameras.viewmats[:, 2, :3].double()  # camera z (forward) in world coordinates
+    axes = axes / axes.norm(dim=-1, keepdim=True)
+    projectors = torch.eye(3, dtype=torch.float64) - axes[:, :, None] * axes[:, None, :]
+    system, target = projectors.sum(0), (projectors @ centers[:, :, None]).sum(0)[:, 0]
+    eigenvalues = torch.linalg.eigvalsh(system)
+    if eigenvalues[0] > 1e-3 * eigenvalues[-1]:
+        point = torch.linalg.solve(system, target)
+        if bool(((point - centers) * axes).sum(-1).gt(0).float().mean() > 0.5):  # in front
+            return point.float()
+    spread = 1.1 * float((centers - centers.mean(0)).norm(dim=-1).max().clamp_min(1e-3))
+    return (centers.mean(0) + spread * axes.mean(0)).float()
+
+
+def points_on_rays(
+    dataset: Dataset, n: int, generator: torch.Generator, candidates: int = RAY_CANDIDATES
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``n`` points [n, 3] on the rays of random pixels of the training views, coloured by those
+    pixels [n, 3], each at the depth its colour agrees with best in the other training views
+    (:func:`place_on_rays`), and whether each lies on the far shell [n]. At most
+    :data:`FAR_SHARE` do: a smooth sky needs few Gaussians, and large far ones slow every
+    render; the rest lie in the scene."""
+    means, colors, far = place_on_rays(dataset, 2 * n, generator, candidates)
+    far_kept = min(int(far.sum()), max(n - int((~far).sum()), math.ceil(FAR_SHARE * n)))
+    keep = torch.cat([(~far).nonzero()[: n - far_kept, 0], far.nonzero()[:far_kept, 0]])
+    return means[keep], colors[keep], far[keep]
+
+
+def place_on_rays(
+    dataset: Dataset, n: int, generator: torch.Generator, candidates: int = RAY_CANDIDATES
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``n`` points [n, 3] on the rays of random pixels of the training views, their pixels'
+    colours [n, 3], and whether each lies on the far shell [n] (bool).
+
+    The depths tried along a ray are ``candidates`` stratified draws within :data:`RAY_DEPTHS`
+    times the camera's distance to the :func:`focus_point` (where the scene is, as the camera
+    arrangement tells), plus the far shell: where the ray leaves a sphere of :data:`FAR_SHELL`
+    times the cameras' largest distance around the focus (a sky or distant background). A depth's
+    score is the median, over the other training views that see it, of the colour difference
+    with the pixel it falls on (the median tolerates occlusion). The far shell wins ties within
+    :data:`FAR_TOLERANCE`, and so does a ray that agrees equally well at most of its depths: sky
+    pixels, which carry no depth evidence, go there rather than float in the scene as fog.
+    """
+    cameras, train = dataset.cameras, torch.tensor(dataset.train_indices)
+    views = train[torch.randint(len(train), (n,), generator=generator)]
+    u = torch.rand(n, generator=generator) * dataset.width
+    v = torch.rand(n, generator=generator) * dataset.height
+    colors = dataset.images[views, v.long(), u.long()]
+    Ks, viewmats = cameras.Ks[views], cameras.viewmats[views]
+    directions = torch.stack(
+        [(u - Ks[:, 0, 2]) / Ks[:, 0, 0], (v - Ks[:, 1, 2]) / Ks[:, 1, 1], torch.ones(n)], dim=-1
+    )  # camera space, z = 1: the point at depth t is t * direction
+    rays = (directions[:, None, :] @ viewmats[:, :3, :3])[:, 0, :]  # world, R^T d
+    origins = cameras.centers[views]
+    focus = focus_point(cameras)
+    offsets = origins - focus
+    distance = offsets.norm(dim=-1)
+    low, high = RAY_DEPTHS
+    strata = (
+        torch.arange(candidates) + torch.rand(n, candidates, generator=generator)
+    ) / candidates
+    depths = distance[:, None] * (low + (high - low) * strata)  # [n, K]
+    radius = FAR_SHELL * float(distance.max())  # |offset + t ray| = radius, the positive root
+    a, b = rays.square().sum(-1), (rays * offsets).sum(-1)
+    c = offsets.square().sum(-1) - radius**2
+    far = (-b + (b * b - a * c).clamp_min(0).sqrt()) / a
+    depths = torch.cat([depths, far[:, None]], dim=1)  # [n, K + 1], the far shell last
+    scores = torch.cat(
+        [_colour_disagreement(dataset, origins[s:e], rays[s:e], depths[s:e], colors[s:e],
+                              views[s:e]) for s, e in _chunks(n, 1024)]
+    )  # fmt: skip
+    best = scores[:, :-1].argmin(dim=1)
+    lowest = scores[torch.arange(n), best]
+    undecided = (scores[:, :-1] <= lowest[:, None] + FAR_TOLERANCE).float().mean(1) > 0.5
+    far_wins = (scores[:, -1] <= lowest + FAR_TOLERANCE) | undecided
+    depth = torch.where(far_wins, far, depths[torch.arange(n), best])
+    return origins + depth[:, None] * rays, colors, far_wins
+
+
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _colour_disagreement(
+    dataset: Dataset, origins: Tensor, rays: Tensor, depths: Tensor, colors: Tensor, views: Tensor
+) -> Tensor:
+    """[n, K]: for each point ``origins + depths * rays``, the median over the training views
+    other than its own that see it of the largest channel difference between its colour and the
+    pixel it falls on (1 where fewer than two views see it)."""
+    points = origins[:, None, :] + depths[..., None] * rays[:, None, :]  # [n, K, 3]
+    train = torch.tensor(dataset.train_indices)
+    cameras = dataset.cameras[train]
+    pixels, z = cameras.project(points.reshape(-1, 3))  # [C, n K, 2], [C, n K]
+    x, y = pixels.unbind(-1)
+    seen = (z > 0) & (x >= 0) & (x < dataset.width) & (y >= 0) & (y < dataset.height)
+    seen &= train[:, None] != views.repeat_interleave(depths.shape[1])[None]
+    xi = x.clamp(0, dataset.width - 1).long()
+    yi = y.clamp(0, dataset.height - 1).long()
+    observed = dataset.images[train[:, None], yi, xi]  # [C, n K, 3]
+    difference = (observed - colors.repeat_interleave(depths.shape[1], 0)[None]).abs().amax(-1)
+    difference = torch.where(seen, difference, torch.full_like(difference, float("nan")))
+    median = difference.nanmedian(dim=0).values
+    enough = seen.sum(0) >= 2
+    return torch.where(enough, median, torch.ones_like(median)).reshape(depths.shape)
 
 
 def _neighbour_distance(points: Tensor, k: int = 3, chunk: int = 1024) -> Tensor:
@@ -91,13 +219,14 @@ class Trainer:
         self,
         config: TrainConfig,
         dataset: Dataset,
-        teacher_maps: Tensor,
+        teacher_maps: Tensor | None,
         teacher_dim: int,
         grid_stride: int | None = None,
     ) -> None:
         """``teacher_maps`` [V, h, w, M] holds the teacher's features of every view (train and
-        test); ``grid_stride`` is the teacher's stride when its cells tile the image exactly
-        (:func:`~feature_splat.teachers.grid_stride`), else None (rendered maps are resampled)."""
+        test), or is None to fit RGB only (``feature_dim`` 0); ``grid_stride`` is the teacher's
+        stride when its cells tile the image exactly (:func:`~feature_splat.teachers.grid_stride`),
+        else None (rendered maps are resampled)."""
         if not dataset.train_indices:
             raise DatasetError("Trainer: the dataset has no training views")
         if min(dataset.width, dataset.height) < MIN_IMAGE_SIDE:
@@ -107,18 +236,22 @@ class Trainer:
             )
         self.config, self.dataset, self.teacher_maps = config, dataset, teacher_maps
         self.stride = grid_stride
-        self.scene_scale = scene_scale(dataset)
+        self.scene_scale = scene_scale(dataset.cameras)
+        self.near_plane = config.near_plane * self.scene_scale
         torch.manual_seed(config.seed)  # gsplat's split draws from the global generator
         self.view_generator = torch.Generator().manual_seed(config.seed)
-        gaussians = initial_gaussians(dataset, config, self.view_generator)
+        gaussians, background = initial_gaussians(dataset, config, self.view_generator)
         self.params = gaussians.to_parameters()
+        rgb_only = teacher_maps is None
         self.decoder = SpeedUpDecoder(
             config.feature_dim,
             teacher_dim,
-            hidden=config.decoder_hidden if config.decoder == "mlp" else (),
-            identity=config.decoder == "none",
+            hidden=config.decoder_hidden if config.decoder == "mlp" and not rgb_only else (),
+            identity=config.decoder == "none" or rgb_only,
         )
-        self.background = torch.nn.Parameter(torch.zeros(3 + config.feature_dim))
+        self.background = torch.nn.Parameter(
+            torch.cat([background, torch.zeros(config.feature_dim)])
+        )
         lr = config.lr
         rates = {
             "means": lr.means * self.scene_scale, "quats": lr.quats, "scales": lr.scales,
@@ -157,6 +290,7 @@ class Trainer:
             self.decoder,
             self.background,
             self.active_sh_degree(),
+            self.near_plane,
         )
 
     # -- one step -------------------------------------------------------------------------------
@@ -186,12 +320,14 @@ class Trainer:
             valid = self.dataset.masks[view][..., None].to(rgb.dtype)
             rgb, target = rgb * valid, target * valid
         rgb_loss = photometric_loss(rgb, target)
-        target_map = self.teacher_maps[view].float()
-        cells = to_teacher_cells(
-            render.features[0].permute(2, 0, 1)[None], target_map.shape[:2], self.stride
-        )[0]
-        decoded = self.decoder(cells.permute(1, 2, 0))
-        feature_loss = self.feature_loss(decoded, target_map)
+        if self.teacher_maps is None:
+            feature_loss = torch.zeros(())
+        else:
+            target_map = self.teacher_maps[view].float()
+            cells = to_teacher_cells(
+                render.features[0].permute(2, 0, 1)[None], target_map.shape[:2], self.stride
+            )[0]
+            feature_loss = self.feature_loss(self.decoder(cells.permute(1, 2, 0)), target_map)
         loss = rgb_loss + config.feature_weight * feature_loss
 
         self.strategy.step_pre_backward(
@@ -204,6 +340,8 @@ class Trainer:
         self.strategy.step_post_backward(
             self.params, self.optimizers, self.strategy_state, self.step, render.meta, packed=False
         )
+        if config.densify.prune_veils and self.step % config.densify.refine_every == 0:
+            self.prune_veils()
         self.step += 1
         mse = float(((rgb.detach() - target) ** 2).mean())
         return {
@@ -212,6 +350,16 @@ class Trainer:
             "psnr": 10 * math.log10(1 / max(mse, 1e-12)),
             "gaussians": len(self.params["means"]),
         }
+
+    def prune_veils(self) -> int:
+        """Remove the Gaussians that veil a training view from inside its near field
+        (:mod:`feature_splat.near_field`); returns how many."""
+        gaussians = GaussianField.from_parameters(dict(self.params))
+        cameras = self.dataset.cameras[torch.tensor(self.dataset.train_indices)]
+        veils = find_veils(gaussians, cameras, NEAR_FIELD * self.scene_scale)
+        if veils.any():
+            remove(self.params, self.optimizers, self.strategy_state, veils)
+        return int(veils.sum())
 
     def feature_loss(self, decoded: Tensor, target: Tensor) -> Tensor:
         if self.config.feature_loss == "cosine":

@@ -1,0 +1,134 @@
+"""A run's teacher as training saved it, so that commands on the run need no teacher weights.
+
+``teacher.npz`` in a run folder holds the teacher's identity (name, ``config_id``, width, cell
+geometry) and the text embeddings of a vocabulary: the dataset's label names, the canonical
+negatives of relevancy, and the labels of precomputed features. :class:`StoredTeacher` answers
+from it; only a text outside the vocabulary, or features missing from the cache, need the real
+teacher, which it then builds (and names what is missing when it cannot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from feature_splat.errors import CheckpointError, ConfigError, FeatureSplatError
+from feature_splat.io.files import write_npz
+from feature_splat.io.npz_cache import ArraySpec, read_cached
+from feature_splat.teachers.base import Teacher, grid_stride
+
+TEACHER_RECORD = "teacher.npz"
+_FORMAT = 1
+
+
+class TeacherUnavailableError(ConfigError):
+    """The real teacher is needed and cannot be built here (weights or package missing)."""
+
+
+def vocabulary_of(teacher: Teacher) -> list[str]:
+    """The only names a teacher without a text encoder has embeddings for (``label_names``, as
+    precomputed features carry them); empty for an open vocabulary."""
+    return list(getattr(teacher, "label_names", None) or [])
+
+
+def write_teacher_record(path: Path, teacher: Teacher, vocabulary: list[str]) -> Path:
+    """Save ``teacher``'s identity and the embeddings of ``vocabulary`` (language-aligned
+    teachers only; duplicates dropped) to ``path``."""
+    names = list(dict.fromkeys([*vocabulary, *vocabulary_of(teacher)]))
+    if teacher.language_aligned and names:
+        embeddings = teacher.encode_text(names).float().cpu().numpy()
+    else:
+        names, embeddings = [], np.zeros((0, teacher.dim), np.float32)
+    stride = grid_stride(teacher)
+    arrays = {
+        "format": np.array(_FORMAT),
+        "name": np.array(teacher.name),
+        "config_id": np.array(teacher.config_id),
+        "dim": np.array(teacher.dim),
+        "stride": np.array(teacher.stride),
+        "grid_stride": np.array(-1 if stride is None else stride),
+        "language_aligned": np.array(bool(teacher.language_aligned)),
+        "closed_vocabulary": np.array(bool(vocabulary_of(teacher))),
+        "names": np.array(names, dtype=str) if names else np.zeros(0, dtype="<U1"),
+        "embeddings": embeddings.astype(np.float32),
+    }
+    return write_npz(path, arrays)
+
+
+class StoredTeacher:
+    """The :class:`~feature_splat.teachers.base.Teacher` of a run, read from its ``teacher.npz``;
+    ``build`` makes the real teacher when something outside the record is asked for."""
+
+    def __init__(self, path: Path, build: Callable[[], Teacher | None]) -> None:
+        self.path, self._build = path, build
+        scalars = ("name", "config_id", "dim", "stride", "grid_stride", "language_aligned",
+                   "closed_vocabulary")  # fmt: skip
+        specs = {key: ArraySpec(()) for key in scalars}
+        specs |= {
+            "names": ArraySpec((None,)),
+            "embeddings": ArraySpec((None, None), np.float32, True),
+        }
+        arrays, why = read_cached(path, {"format": _FORMAT}, specs)
+        if arrays is None:
+            raise CheckpointError(f"{path}: not a teacher record this version can read ({why})")
+        try:
+            self.name = str(arrays["name"].item())
+            self.config_id = str(arrays["config_id"].item())
+            self.dim = int(arrays["dim"].item())
+            self.stride = int(arrays["stride"].item())
+            stride = int(arrays["grid_stride"].item())
+            self.language_aligned = bool(arrays["language_aligned"].item())
+            names = [str(n) for n in arrays["names"].tolist()]
+            closed = bool(arrays["closed_vocabulary"].item())
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: malformed entry ({err})") from None
+        self.resizes_input = stride < 0
+        if arrays["embeddings"].shape != (len(names), self.dim):
+            raise CheckpointError(
+                f"{path}: embeddings: expected [{len(names)}, {self.dim}] (names x dim), got "
+                f"{list(arrays['embeddings'].shape)}"
+            )
+        self.vocabulary = names
+        self.label_names = names if closed else None  # a closed vocabulary: precomputed labels
+        self._embeddings = torch.from_numpy(arrays["embeddings"])
+
+    @cached_property
+    def real(self) -> Teacher:
+        """The teacher itself (its weights, its features folder, its world), built on first use."""
+        try:
+            teacher = self._build()
+        except FeatureSplatError as err:
+            raise TeacherUnavailableError(
+                f"the run's teacher '{self.name}' is needed: {err}"
+            ) from None
+        if teacher is None or teacher.config_id != self.config_id:
+            raise TeacherUnavailableError(
+                f"{self.path}: the teacher built from the run's config is not the one it was "
+                f"trained with (its weights or features changed)"
+            )
+        return teacher
+
+    def encode(self, images: Tensor) -> Tensor:
+        return self.real.encode(images)
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """Embeddings [T, dim]: from the record for its vocabulary, else from the real teacher."""
+        index = {name.strip().lower(): i for i, name in enumerate(self.vocabulary)}
+        rows = [index.get(text.strip().lower()) for text in texts]
+        if all(row is not None for row in rows):
+            if not rows:
+                return self._embeddings.new_zeros(0, self.dim)
+            return torch.nn.functional.normalize(self._embeddings[rows], dim=-1)
+        unknown = next(t for t, row in zip(texts, rows, strict=True) if row is None)
+        try:
+            return self.real.encode_text(texts)
+        except TeacherUnavailableError as err:
+            known = ", ".join(self.vocabulary[:20]) or "none"
+            raise TeacherUnavailableError(
+                f"text {unknown!r}: not among the texts saved with the run ({known}), and {err}"
+            ) from None
