@@ -50,7 +50,7 @@ def find_veils(
     """[N] bool: Gaussians whose centre lies within ``near_field`` (camera-space depth, in scene
     units) in front of some camera and whose screen footprint (the rasterizer's opacity-aware
     bounding box, clipped to the image) covers more than ``share`` of that camera's image."""
-    found = torch.zeros(len(gaussians), dtype=torch.bool)
+    found = torch.zeros(len(gaussians), dtype=torch.bool, device=gaussians.means.device)
     if not len(gaussians):
         return found
     g = gaussians
