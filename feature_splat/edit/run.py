@@ -179,10 +179,10 @@ def edit_run(
     if sam_prompt is not None:
         (sam_view,) = run.views([sam_view])
     else:
-        run.prompt_teacher()  # an RGB-only run has nothing to select by
+        teacher = run.prompt_teacher()  # refused before any folder is made: RGB-only runs
     out = prepare_output(out, EDIT_KIND, inputs=[dataset.root])
     if text is not None:
-        selection = gaussian_scores(field, run.prompt_teacher(), text, mode=mode) > threshold
+        selection = gaussian_scores(field, teacher, text, mode=mode) > threshold
     else:
         mask, _ = _sam_best_mask(run, sam_view, sam_prompt)
         selection = select_by_masks(field, dataset.cameras[sam_view], mask[None])

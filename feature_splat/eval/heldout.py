@@ -93,21 +93,14 @@ def evaluate_heldout(
             truth = lookup[dataset.labels[view]]
             pooled["truth"].append(truth.reshape(-1))
             pooled["pred"].append(segmentation.reshape(-1))
-            vs_truth = segmentation_scores(segmentation, truth, len(names))
-            row |= {
-                "text_accuracy_vs_truth": vs_truth["accuracy"],
-                "text_miou_vs_truth": vs_truth["miou"],
-            }
+            row |= _text_scores(segmentation_scores(segmentation, truth, len(names)), "truth")
             if decoded_cells is not None:
                 pred_cells = segment_by_text(decoded_cells, text)
                 teacher_argmax = segment_by_text(teacher_cells, text)
                 pooled["pred_cells"].append(pred_cells.reshape(-1))
                 pooled["teacher"].append(teacher_argmax.reshape(-1))
                 vs_teacher = segmentation_scores(pred_cells, teacher_argmax, len(names))
-                row |= {
-                    "text_accuracy_vs_teacher": vs_teacher["accuracy"],
-                    "text_miou_vs_teacher": vs_teacher["miou"],
-                }
+                row |= _text_scores(vs_teacher, "teacher")
         per_view.append(row)
         if renders is not None:
             panels = [target, rgb, depth_rgb(render.depth[0], render.alpha[0])]
@@ -125,23 +118,27 @@ def evaluate_heldout(
         # protocol): a class seen by a few pixels of one view does not weigh as much as a whole class.
         cat = {key: torch.cat(values) for key, values in pooled.items() if values}
         vs_truth = segmentation_scores(cat["pred"], cat["truth"], len(names))
-        summary |= {
-            "text_accuracy_vs_truth": vs_truth["accuracy"],
-            "text_miou_vs_truth": vs_truth["miou"],
-            "per_class_iou_vs_truth": {names[k]: v for k, v in vs_truth["per_class_iou"].items()},
+        summary |= _text_scores(vs_truth, "truth")
+        summary["per_class_iou_vs_truth"] = {
+            names[k]: v for k, v in vs_truth["per_class_iou"].items()
         }
         if "teacher" in cat:
             vs_teacher = segmentation_scores(cat["pred_cells"], cat["teacher"], len(names))
-            summary |= {
-                "text_accuracy_vs_teacher": vs_teacher["accuracy"],
-                "text_miou_vs_teacher": vs_teacher["miou"],
-            }
+            summary |= _text_scores(vs_teacher, "teacher")
     train = dataset.cameras[torch.tensor(dataset.train_indices, dtype=torch.long)]
     summary["near_field_veils"] = count_veils(field.gaussians, train) if len(train) else 0
     summary["labels"] = names if text is not None else []
     summary["teacher"] = "none" if teacher is None else teacher.name
     summary["views"] = per_view
     return summary
+
+
+def _text_scores(scores: dict[str, object], against: str) -> dict[str, object]:
+    """:func:`segmentation_scores` as ``text_accuracy_vs_<against>``, ``text_miou_vs_<against>``."""
+    return {
+        f"text_accuracy_vs_{against}": scores["accuracy"],
+        f"text_miou_vs_{against}": scores["miou"],
+    }
 
 
 def evaluate_run(run_dir: Path, allow_torchscript: bool = False) -> dict[str, object]:

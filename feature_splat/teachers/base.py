@@ -75,3 +75,30 @@ def seeded_randn(seed_text: str, *shape: int) -> Tensor:
     every run and machine (the oracle teachers' embeddings and noise)."""
     seed = int.from_bytes(hashlib.sha256(seed_text.encode()).digest()[:8], "little")
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def label_index(names: list[str]) -> dict[str, int]:
+    """Position of each label name, keyed without case and surrounding spaces."""
+    return {name.strip().lower(): i for i, name in enumerate(names)}
+
+
+def embeddings_by_name(
+    texts: list[str], names: list[str], embeddings: Tensor, source: str
+) -> Tensor:
+    """Unit rows of ``embeddings`` [T, M] for ``texts`` matched to ``names`` (:func:`label_index`);
+    an unknown text is a ConfigError listing the names ``source`` knows."""
+    from feature_splat.errors import ConfigError
+
+    index = label_index(names)
+    rows = []
+    for text in texts:
+        row = index.get(text.strip().lower())
+        if row is None:
+            shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+            raise ConfigError(
+                f"text {text!r}: {source} holds embeddings only for the labels {shown}"
+            )
+        rows.append(row)
+    if not rows:
+        return embeddings.new_zeros(0, embeddings.shape[1])
+    return torch.nn.functional.normalize(embeddings[rows].float(), dim=-1)

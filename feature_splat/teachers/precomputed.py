@@ -35,6 +35,7 @@ from feature_splat.data import Dataset
 from feature_splat.errors import ConfigError, DatasetError
 from feature_splat.io.feature_cache import image_hash
 from feature_splat.io.files import read_json_object
+from feature_splat.teachers.base import embeddings_by_name
 
 _VERSION = 1
 EXTENSIONS = (".npy", ".npz", ".pt")
@@ -112,25 +113,7 @@ class PrecomputedTeacher:
             raise ConfigError(
                 f"text: {self.folder} has no {LABELS_NAME}, so its features have no text side"
             )
-        return lookup_labels(texts, self.label_names, self._label_embeddings, str(self.folder))
-
-
-def lookup_labels(texts: list[str], names: list[str], embeddings: Tensor, source: str) -> Tensor:
-    """Rows of ``embeddings`` [T, M] for ``texts`` matched to ``names`` (case and surrounding
-    spaces ignored), normalised; an unknown text is a ConfigError listing the known names."""
-    index = {name.strip().lower(): i for i, name in enumerate(names)}
-    rows = []
-    for text in texts:
-        row = index.get(text.strip().lower())
-        if row is None:
-            shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-            raise ConfigError(
-                f"text {text!r}: {source} holds embeddings only for the labels {shown}"
-            )
-        rows.append(row)
-    if not rows:
-        return embeddings.new_zeros(0, embeddings.shape[1])
-    return torch.nn.functional.normalize(embeddings[rows].float(), dim=-1)
+        return embeddings_by_name(texts, self.label_names, self._label_embeddings, str(self.folder))
 
 
 def _match_files(folder: Path, view_names: list[str]) -> list[Path]:

@@ -20,7 +20,7 @@ from torch import Tensor
 from feature_splat.errors import CheckpointError, ConfigError, FeatureSplatError
 from feature_splat.io.files import write_npz
 from feature_splat.io.npz_cache import ArraySpec, read_cached
-from feature_splat.teachers.base import Teacher, grid_stride
+from feature_splat.teachers.base import Teacher, embeddings_by_name, grid_stride, label_index
 
 TEACHER_RECORD = "teacher.npz"
 _FORMAT = 1
@@ -39,7 +39,7 @@ def vocabulary_of(teacher: Teacher) -> list[str]:
 def write_teacher_record(path: Path, teacher: Teacher, vocabulary: list[str]) -> Path:
     """Save ``teacher``'s identity and the embeddings of ``vocabulary`` (language-aligned
     teachers only; duplicates dropped) to ``path``."""
-    names = list(dict.fromkeys([*vocabulary, *vocabulary_of(teacher)]))
+    names = list(dict.fromkeys(vocabulary))
     if teacher.language_aligned and names:
         embeddings = teacher.encode_text(names).float().cpu().numpy()
     else:
@@ -118,17 +118,14 @@ class StoredTeacher:
 
     def encode_text(self, texts: list[str]) -> Tensor:
         """Embeddings [T, dim]: from the record for its vocabulary, else from the real teacher."""
-        index = {name.strip().lower(): i for i, name in enumerate(self.vocabulary)}
-        rows = [index.get(text.strip().lower()) for text in texts]
-        if all(row is not None for row in rows):
-            if not rows:
-                return self._embeddings.new_zeros(0, self.dim)
-            return torch.nn.functional.normalize(self._embeddings[rows], dim=-1)
-        unknown = next(t for t, row in zip(texts, rows, strict=True) if row is None)
+        known = label_index(self.vocabulary)
+        unknown = [text for text in texts if text.strip().lower() not in known]
+        if not unknown:
+            return embeddings_by_name(texts, self.vocabulary, self._embeddings, str(self.path))
         try:
             return self.real.encode_text(texts)
         except TeacherUnavailableError as err:
-            known = ", ".join(self.vocabulary[:20]) or "none"
+            saved = ", ".join(self.vocabulary[:20]) or "none"
             raise TeacherUnavailableError(
-                f"text {unknown!r}: not among the texts saved with the run ({known}), and {err}"
+                f"text {unknown[0]!r}: not among the texts saved with the run ({saved}), and {err}"
             ) from None
