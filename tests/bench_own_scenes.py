@@ -3,7 +3,8 @@
 Writes nerfstudio folders with the tests' own ray caster (``foreign_scene.py``: no point cloud, no
 split lists, a plain or gradient sky) and trains on them with ``feature-splat train``:
 
-- RGB only (``--teacher none``) on each scene, and on the built-in ``tabletop`` world (same
+- RGB only (``--teacher none``) on each scene (sharp textures under a plain and a gradient sky, and
+  soft textures, the smoothness of the built-in worlds), and on the built-in ``tabletop`` world (same
   trainer, same settings; started from its surface points, and without them) for comparison:
   held-out PSNR, the spread over held-out views, the near-field veils left, and an orbit
   contact sheet;
@@ -11,7 +12,7 @@ split lists, a plain or gradient sky) and trains on them with ``feature-splat tr
   (argmax against the label embeddings) of held-out views by the field, against ground-truth
   labels, beside the same argmax of the features themselves.
 
-Not a test (nothing here is pass/fail). Run: ``.venv/bin/python tests/bench_own_scenes.py OUT``;
+Not a test (nothing here is pass/fail). Run: ``.venv/bin/python tests/bench_own_scenes.py OUT [--runs ...]``;
 it prints a Markdown table and writes ``OUT/summary.json`` and ``OUT/*_orbit.png``.
 """
 
@@ -96,39 +97,58 @@ def _segmentation(run_dir: Path, scene) -> dict[str, float]:
     return result
 
 
-def run(out: Path, iterations: int) -> dict:
+FOREIGN_SCENES = {
+    # name: (sky, textures, seed); "plain" also gets precomputed features with known truth.
+    "plain": ("plain", "sharp", 0),
+    "gradient": ("gradient", "sharp", 1),
+    "soft": ("plain", "soft", 0),
+}
+RUNS = (*FOREIGN_SCENES, "tabletop", "precomputed")
+
+
+def run(out: Path, iterations: int, runs: tuple[str, ...] = RUNS) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     common = ["--iterations", str(iterations)]
     summary: dict[str, dict] = {}
     scenes = {}
-    for name, sky, seed in (("plain", "plain", 0), ("gradient", "gradient", 1)):
+    for name, (sky, textures, seed) in FOREIGN_SCENES.items():
+        if name not in runs and not (name == "plain" and "precomputed" in runs):
+            continue
         features = FeatureSpec(dim=32, stride=8, noise=0.3) if name == "plain" else None
         scenes[name] = write_foreign_scene(
-            out / f"scene_{name}", views=40, size=128, sky=sky, seed=seed, features=features
-        )
+            out / f"scene_{name}", views=40, size=128, sky=sky, textures=textures, seed=seed,
+            features=features,
+        )  # fmt: skip
     for name, scene in scenes.items():
+        if name not in runs:
+            continue
+        sky, textures, _ = FOREIGN_SCENES[name]
         run_dir = out / f"rgb_{name}"
         start = time.perf_counter()
         metrics = _train([str(scene.folder), "--teacher", "none", "--out", str(run_dir), *common])
-        summary[f"foreign {name} sky, RGB only"] = _rgb_figures(metrics) | {
+        summary[f"foreign {sky} sky, {textures} textures, RGB only"] = _rgb_figures(metrics) | {
             "wall_seconds": time.perf_counter() - start
         }
         _orbit_sheet(run_dir, out / f"rgb_{name}_orbit.png")
     for init, label in (("auto", "its surface points"), ("rays", "no points: --init rays")):
+        if "tabletop" not in runs:
+            break
         world = out / f"rgb_tabletop_{init}"
         metrics = _train(["tabletop", "--teacher", "none", "--width", "128", "--height", "128",
                           "--init", init, "--out", str(world), *common])  # fmt: skip
         summary[f"built-in tabletop ({label}), RGB only"] = _rgb_figures(metrics)
         _orbit_sheet(world, out / f"rgb_tabletop_{init}_orbit.png")
-    plain = scenes["plain"]
-    features_run = out / "features_plain"
-    metrics = _train([str(plain.folder), "--teacher", "precomputed", "--features",
-                      str(plain.features_folder), "--out", str(features_run), *common])  # fmt: skip
-    summary["foreign plain sky, precomputed features"] = _rgb_figures(metrics) | _segmentation(
-        features_run, plain
-    )
+    if "precomputed" in runs:
+        plain = scenes["plain"]
+        features_run = out / "features_plain"
+        metrics = _train([str(plain.folder), "--teacher", "precomputed", "--features",
+                          str(plain.features_folder), "--out", str(features_run), *common])  # fmt: skip
+        summary[PRECOMPUTED_ROW] = _rgb_figures(metrics) | _segmentation(features_run, plain)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+PRECOMPUTED_ROW = "foreign plain sky, precomputed features"
 
 
 def _table(summary: dict) -> str:
@@ -138,7 +158,9 @@ def _table(summary: dict) -> str:
     for name, row in summary.items():
         cells = [f"{row[k]:.2f}" if isinstance(row[k], float) else f"{row[k]:,}" for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    segmentation = summary["foreign plain sky, precomputed features"]
+    if PRECOMPUTED_ROW not in summary:
+        return "\n".join(lines)
+    segmentation = summary[PRECOMPUTED_ROW]
     lines.append("")
     lines.append(
         f"segmentation vs truth (held out): field accuracy {segmentation['field_accuracy']:.4f}, "
@@ -152,6 +174,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--iterations", type=int, default=1500)
+    parser.add_argument("--runs", nargs="+", choices=RUNS, default=RUNS, help="rows to measure")
     options = parser.parse_args()
     np.set_printoptions(precision=3)
-    print(_table(run(options.out, options.iterations)))
+    print(_table(run(options.out, options.iterations, tuple(options.runs))))

@@ -8,8 +8,10 @@ under test beyond the published nerfstudio format.
 The world (Z up, metres) is a textured ground square (``GROUND_HALF_EXTENT`` each side of the
 origin; beyond it rays see sky) with six textured objects on it (``SCENE_OBJECTS``): two boxes,
 two spheres and two cylinders. Shading is Lambertian with one directional light, ambient light and
-hard shadows cast by the objects. The scene is the same for every seed; the seed draws the
-cameras (and the feature noise).
+hard shadows cast by the objects. Textures are ``sharp`` (hard edges, strong contrast, fine
+grout lines: harder than anything in the built-in worlds) or ``soft`` (the same patterns as
+sinusoids at half the contrast, the smoothness of the built-in worlds' textures). The scene is
+the same for every seed; the seed draws the cameras (and the feature noise).
 
 Ground truth comes back in a :class:`ForeignScene`: the images as written, per-pixel class
 labels and camera-space depths (from the pixel-centre ray) and the cameras. With a
@@ -20,7 +22,7 @@ model had produced them elsewhere.
 Script use::
 
     python tests/foreign_scene.py OUT [--views 40] [--size 128] [--sky plain|gradient]
-        [--seed 0] [--features] [--feature-dim 32] [--stride 8] [--noise 0.3]
+        [--textures sharp|soft] [--seed 0] [--features] [--feature-dim 32] [--stride 8] [--noise 0.3]
 """
 
 from __future__ import annotations
@@ -214,42 +216,68 @@ def _mix(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     return a + (b - a) * t[:, None]
 
 
-# --- textures: (local point [N, 3], local normal [N, 3], base colour [3]) -> albedo [N, 3] ------
+def _square(u: np.ndarray, soft: bool) -> np.ndarray:
+    """A square wave of period 2 in [0, 1]: 1 where floor(u) is odd. ``soft``: the sinusoid of the
+    same period and phase instead (1 at the middle of the odd cells, 0 at the even ones)."""
+    if soft:
+        return 0.5 - 0.5 * np.cos(np.pi * (u - 0.5))
+    return (np.floor(u).astype(np.int64) % 2).astype(np.float64)
 
 
-def _stripes(p: np.ndarray, n: np.ndarray, base: np.ndarray) -> np.ndarray:
+def _xor(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exclusive or of two waves in [0, 1] (exact on 0/1, smooth between)."""
+    return a + b - 2.0 * a * b
+
+
+# --- textures --------------------------------------------------------------------------------
+# Each maps (local point [N, 3], local normal [N, 3], base colour [3], soft) to albedo [N, 3].
+# Sharp textures have hard edges and strong contrast (harder than the built-in worlds); soft ones
+# are the same patterns as sinusoids at half the contrast, like the built-in worlds' textures.
+
+_SOFT_CONTRAST = 0.5
+
+
+def _contrast(soft: bool) -> float:
+    return _SOFT_CONTRAST if soft else 1.0
+
+
+def _stripes(p: np.ndarray, n: np.ndarray, base: np.ndarray, soft: bool) -> np.ndarray:
     wave = np.sin(2 * np.pi * (p @ np.array([1.0, 0.6, 0.8])) / 0.24)
-    return _mix(base, np.array([0.95, 0.92, 0.85]), np.clip(wave * 3.0 + 0.5, 0.0, 1.0) * 0.75)
+    weight = 0.5 + 0.5 * wave if soft else np.clip(wave * 3.0 + 0.5, 0.0, 1.0)
+    return _mix(base, np.array([0.95, 0.92, 0.85]), weight * 0.75 * _contrast(soft))
 
 
-def _checks(p: np.ndarray, n: np.ndarray, base: np.ndarray) -> np.ndarray:
-    parity = np.floor((p + 0.07) / 0.2).astype(np.int64).sum(axis=1) % 2
-    return _mix(base, np.array([0.92, 0.93, 0.95]), 0.65 * parity)
+def _checks(p: np.ndarray, n: np.ndarray, base: np.ndarray, soft: bool) -> np.ndarray:
+    x, y, z = (_square((p[:, axis] + 0.07) / 0.2, soft) for axis in range(3))
+    parity = _xor(_xor(x, y), z)
+    return _mix(base, np.array([0.92, 0.93, 0.95]), 0.65 * _contrast(soft) * parity)
 
 
-def _marble(p: np.ndarray, n: np.ndarray, base: np.ndarray) -> np.ndarray:
+def _marble(p: np.ndarray, n: np.ndarray, base: np.ndarray, soft: bool) -> np.ndarray:
     veins = np.abs(np.sin(7.0 * p[:, 2] + 9.0 * _fbm(p * 2.5)))
-    albedo = base * (0.55 + 0.75 * _fbm(p * 5.0))[:, None]
-    return _mix(albedo, np.array([0.10, 0.18, 0.08]), 0.8 * (veins < 0.25))
+    vein = np.clip((0.45 - veins) / 0.4, 0.0, 1.0) if soft else (veins < 0.25).astype(np.float64)
+    albedo = base * (1.0 + _contrast(soft) * (0.75 * _fbm(p * 5.0) - 0.45))[:, None]
+    return _mix(albedo, np.array([0.10, 0.18, 0.08]), 0.8 * _contrast(soft) * vein)
 
 
-def _bands(p: np.ndarray, n: np.ndarray, base: np.ndarray) -> np.ndarray:
+def _bands(p: np.ndarray, n: np.ndarray, base: np.ndarray, soft: bool) -> np.ndarray:
     latitude = np.arcsin(np.clip(n[:, 2], -1.0, 1.0))
-    band = np.floor(latitude / (np.pi / 8)).astype(np.int64) % 2
-    longitude = np.floor(np.arctan2(n[:, 1], n[:, 0]) / (np.pi / 6)).astype(np.int64) % 2
-    return _mix(base, np.array([0.45, 0.12, 0.10]), 0.8 * band * longitude + 0.3 * band)
+    band = _square(latitude / (np.pi / 8), soft)
+    longitude = _square(np.arctan2(n[:, 1], n[:, 0]) / (np.pi / 6), soft)
+    weight = (0.8 * band * longitude + 0.3 * band) * _contrast(soft)
+    return _mix(base, np.array([0.45, 0.12, 0.10]), weight)
 
 
-def _rings(p: np.ndarray, n: np.ndarray, base: np.ndarray) -> np.ndarray:
-    angle = np.floor(np.arctan2(p[:, 1], p[:, 0]) / (2 * np.pi) * 12).astype(np.int64) % 2
-    ring = np.floor((p[:, 2] + 2.0) / 0.3).astype(np.int64) % 2
-    radial = np.floor(np.hypot(p[:, 0], p[:, 1]) / 0.1).astype(np.int64) % 2
+def _rings(p: np.ndarray, n: np.ndarray, base: np.ndarray, soft: bool) -> np.ndarray:
+    angle = _square(np.arctan2(p[:, 1], p[:, 0]) / (2 * np.pi) * 12, soft)
+    ring = _square((p[:, 2] + 2.0) / 0.3, soft)
+    radial = _square(np.hypot(p[:, 0], p[:, 1]) / 0.1, soft)
     cap = np.abs(n[:, 2]) > 0.5
-    pattern = np.where(cap, radial, angle ^ ring)
-    return _mix(base, np.array([0.98, 0.90, 0.55]), 0.7 * pattern)
+    pattern = np.where(cap, radial, _xor(angle, ring))
+    return _mix(base, np.array([0.98, 0.90, 0.55]), 0.7 * _contrast(soft) * pattern)
 
 
-_TEXTURES: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
+_TEXTURES: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, bool], np.ndarray]] = {
     "stripes": _stripes,
     "checks": _checks,
     "marble": _marble,
@@ -258,11 +286,15 @@ _TEXTURES: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]]
 }
 
 
-def _ground_albedo(p: np.ndarray) -> np.ndarray:
-    """Stone tiles: a 0.5 m checker of two tones, mottled by noise, with dark grout."""
-    parity = (np.floor(p[:, 0] / 0.5) + np.floor(p[:, 1] / 0.5)).astype(np.int64) % 2
-    albedo = _mix(np.array([0.63, 0.58, 0.49]), np.array([0.44, 0.43, 0.41]), parity)
-    albedo *= (0.7 + 0.55 * _fbm(p * np.array([3.0, 3.0, 0.0])))[:, None]
+def _ground_albedo(p: np.ndarray, soft: bool) -> np.ndarray:
+    """Stone tiles: a 0.5 m checker of two tones, mottled by noise, with dark grout (sharp only)."""
+    parity = _xor(_square(p[:, 0] / 0.5, soft), _square(p[:, 1] / 0.5, soft))
+    light, dark = np.array([0.63, 0.58, 0.49]), np.array([0.44, 0.43, 0.41])
+    albedo = _mix(light, dark, _contrast(soft) * parity)
+    mottle = 0.55 * _fbm(p * np.array([3.0, 3.0, 0.0])) - 0.3
+    albedo *= (1.0 + _contrast(soft) * mottle)[:, None]
+    if soft:
+        return albedo
     edge = np.abs(p[:, :2] / 0.5 - np.round(p[:, :2] / 0.5)).min(axis=1)
     return _mix(albedo, np.array([0.22, 0.21, 0.20]), 0.8 * (edge < 0.035))
 
@@ -370,7 +402,7 @@ def _sky(dirs: np.ndarray, sky: str) -> np.ndarray:
     return np.where((elevation >= 0)[:, None], up, down)
 
 
-def _shade(origin: np.ndarray, dirs: np.ndarray, sky: str) -> np.ndarray:
+def _shade(origin: np.ndarray, dirs: np.ndarray, sky: str, soft: bool) -> np.ndarray:
     """Colour [N, 3] in [0, 1] seen along unit rays [N, 3] from one origin."""
     dist, surface = _trace(origin, dirs)
     colour = _sky(dirs, sky)
@@ -381,7 +413,7 @@ def _shade(origin: np.ndarray, dirs: np.ndarray, sky: str) -> np.ndarray:
     ids = surface[hit]
     ground = ids == 0
     normals[ground] = (0.0, 0.0, 1.0)
-    albedo[ground] = _ground_albedo(points[ground])
+    albedo[ground] = _ground_albedo(points[ground], soft)
     for k, obj in enumerate(SCENE_OBJECTS):
         mine = ids == k + 1
         if not mine.any():
@@ -390,7 +422,7 @@ def _shade(origin: np.ndarray, dirs: np.ndarray, sky: str) -> np.ndarray:
         local_normal = _local_normal(obj, local)
         normals[mine] = _rotate_z(local_normal, obj.yaw)
         grain = 0.88 + 0.24 * _fbm(local * 6.0 + 5.0 * k)
-        texture = _TEXTURES[obj.pattern](local, local_normal, np.array(obj.colour))
+        texture = _TEXTURES[obj.pattern](local, local_normal, np.array(obj.colour), soft)
         albedo[mine] = texture * grain[:, None]
     lit = np.clip(normals @ _LIGHT, 0.0, None)
     lit[_occluded(points + 1e-4 * normals)] = 0.0
@@ -441,13 +473,13 @@ def _pixel_rays(c2w: np.ndarray, focal: float, size: int, offsets: np.ndarray) -
 
 
 def _render_view(
-    c2w: np.ndarray, focal: float, size: int, sky: str
+    c2w: np.ndarray, focal: float, size: int, sky: str, soft: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One view: (image [H, W, 3] in [0, 1], labels [H, W], depths [H, W])."""
     origin = c2w[:3, 3]
     sub = np.array([[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]])
     dirs = _pixel_rays(c2w, focal, size, sub).reshape(-1, 3)
-    image = _shade(origin, dirs, sky).reshape(size, size, 4, 3).mean(axis=2)
+    image = _shade(origin, dirs, sky, soft).reshape(size, size, 4, 3).mean(axis=2)
     centre = _pixel_rays(c2w, focal, size, np.array([[0.5, 0.5]])).reshape(-1, 3)
     dist, surface = _trace(origin, centre)
     kinds = np.array([SKY, GROUND, *(obj.label for obj in SCENE_OBJECTS)])
@@ -521,6 +553,7 @@ def write_foreign_scene(
     views: int = 40,
     size: int = 128,
     sky: str = "plain",
+    textures: str = "sharp",
     seed: int = 0,
     features: FeatureSpec | None = None,
 ) -> ForeignScene:
@@ -536,6 +569,8 @@ def write_foreign_scene(
         raise ValueError(f"need views >= 1 and size >= 2, got views={views}, size={size}")
     if sky not in ("plain", "gradient"):
         raise ValueError(f"sky must be 'plain' or 'gradient', got {sky!r}")
+    if textures not in ("sharp", "soft"):
+        raise ValueError(f"textures must be 'sharp' or 'soft', got {textures!r}")
     if features is not None:
         features.validate()
     folder = Path(folder).resolve()
@@ -546,7 +581,7 @@ def write_foreign_scene(
 
     images, labels, depths = [], [], []
     for c2w, name in zip(camtoworlds, file_names, strict=True):
-        image, label, depth = _render_view(c2w, focal, size, sky)
+        image, label, depth = _render_view(c2w, focal, size, sky, textures == "soft")
         pixels = np.round(image * 255.0).astype(np.uint8)
         Image.fromarray(pixels, mode="RGB").save(folder / name)
         images.append(pixels.astype(np.float32) / 255.0)
@@ -597,6 +632,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--views", type=int, default=40)
     parser.add_argument("--size", type=int, default=128, help="image width = height in pixels")
     parser.add_argument("--sky", choices=("plain", "gradient"), default="plain")
+    parser.add_argument("--textures", choices=("sharp", "soft"), default="sharp")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--features", action="store_true", help="also write feature maps")
     parser.add_argument("--feature-dim", type=int, default=32)
@@ -608,13 +644,20 @@ def main(argv: list[str] | None = None) -> None:
         spec = FeatureSpec(dim=args.feature_dim, stride=args.stride, noise=args.noise)
     start = time.perf_counter()
     scene = write_foreign_scene(
-        args.out, views=args.views, size=args.size, sky=args.sky, seed=args.seed, features=spec
+        args.out,
+        views=args.views,
+        size=args.size,
+        sky=args.sky,
+        textures=args.textures,
+        seed=args.seed,
+        features=spec,
     )
     seconds = time.perf_counter() - start
     extra = f", features in {scene.features_folder}" if scene.features_folder else ""
     print(
         f"wrote {len(scene.file_names)} views {scene.width}x{scene.height} (sky={args.sky}, "
-        f"seed={args.seed}) to {scene.folder}{extra}; classes {', '.join(scene.class_names)}; "
+        f"textures={args.textures}, seed={args.seed}) to {scene.folder}{extra}; "
+        f"classes {', '.join(scene.class_names)}; "
         f"{seconds:.1f} s"
     )
 
