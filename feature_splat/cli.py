@@ -29,6 +29,7 @@ from feature_splat.bench.config import (
     RasterBenchConfig,
     SamBenchConfig,
     SpeedupBenchConfig,
+    ViewerBenchConfig,
 )
 from feature_splat.config import (
     DemoConfig,
@@ -37,9 +38,10 @@ from feature_splat.config import (
     EvalConfig,
     QueryConfig,
     RenderConfig,
+    ViewConfig,
     WorldsExportConfig,
 )
-from feature_splat.errors import FeatureSplatError
+from feature_splat.errors import ConfigError, FeatureSplatError
 from feature_splat.generalizable.config import (
     FitFieldsConfig,
     GenEvalConfig,
@@ -97,6 +99,7 @@ class BenchCommands:
         ]
         | Annotated[SamBenchConfig, _sub("sam", "SAM from any view vs the image encoder", True)]
         | Annotated[SpeedupBenchConfig, _sub("speedup", "speed-up decoder vs the full width", True)]
+        | Annotated[ViewerBenchConfig, _sub("viewer", "viewer frame and click times", True)]
     )
 
 
@@ -108,6 +111,7 @@ Command = (
     | Annotated[QueryConfig, _sub("query", "text or SAM prompts on a run: maps, 3D selection")]
     | Annotated[EditConfig, _sub("edit", "delete / extract / recolour what a prompt selects")]
     | Annotated[EncodeConfig, _sub("encode", "cache a teacher's features of every view")]
+    | Annotated[ViewConfig, _sub("view", "open a run in the browser: prompts and edits")]
     | Annotated[GenCommands, _sub("gen", "feed-forward feature Gaussians (object mode)")]
     | Annotated[BenchCommands, _sub("bench", "benchmarks (never run as tests)")]
     | Annotated[WorldsCommands, _sub("worlds", "the built-in synthetic worlds")]
@@ -208,6 +212,20 @@ def _encode(config: EncodeConfig) -> None:
     )
 
 
+def _view(config: ViewConfig) -> None:
+    try:
+        from feature_splat.viewer import serve
+    except ImportError as err:
+        raise ConfigError(
+            f"view: the viewer needs viser ({err}); pip install 'feature-splat[viewer]'"
+        ) from err
+    serve(
+        config.run, host=config.host, port=config.port, long_side=config.resolution,
+        moving_scale=config.moving_scale, allow_torchscript=config.allow_torchscript,
+        announce=_console().print,
+    )  # fmt: skip
+
+
 def _worlds_list(config: WorldsListConfig) -> None:
     from rich.table import Table
 
@@ -247,7 +265,7 @@ def _imported(target: str) -> Callable[[Any], Any]:
 
 RUNNERS: dict[type, Callable[[Any], Any]] = {
     TrainConfig: _train, EvalConfig: _eval, RenderConfig: _render, QueryConfig: _query,
-    EditConfig: _edit, EncodeConfig: _encode, WorldsListConfig: _worlds_list,
+    EditConfig: _edit, EncodeConfig: _encode, ViewConfig: _view, WorldsListConfig: _worlds_list,
     WorldsExportConfig: _worlds_export,
     DemoConfig: _imported("feature_splat.demo:run_demo"),
     GenTrainConfig: _imported("feature_splat.generalizable.training:run_training"),
@@ -258,6 +276,7 @@ RUNNERS: dict[type, Callable[[Any], Any]] = {
     PromptBenchConfig: _imported("feature_splat.bench.prompts:run_prompt_bench"),
     SamBenchConfig: _imported("feature_splat.bench.sam:run_sam_bench"),
     SpeedupBenchConfig: _imported("feature_splat.bench.speedup:run_speedup_bench"),
+    ViewerBenchConfig: _imported("feature_splat.bench.viewer:run_viewer_bench"),
 }  # fmt: skip
 
 

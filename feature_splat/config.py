@@ -107,6 +107,29 @@ class RenderConfig:
 
 
 @dataclass
+class ViewConfig:
+    """Open a run folder in the browser: views, text and click prompts, edits."""
+
+    run: tyro.conf.Positional[Path]
+    host: str = "127.0.0.1"
+    """Address to listen on; the default is reachable from this machine only (0.0.0.0: every
+    network the machine is on)."""
+    port: int = 8080
+    resolution: int = 512
+    """Longer side in pixels of a frame while the camera is still."""
+    moving_scale: float = 0.5
+    """Frames while the camera moves are this fraction of ``resolution``."""
+    allow_torchscript: bool = False
+    """Let a CLIP teacher checkpoint be an OpenAI TorchScript archive (runs code from the file)."""
+
+    def __post_init__(self) -> None:
+        check_text(self.host, "host")
+        check_int(self.port, "port", 1, 65535)
+        check_int(self.resolution, "resolution", 16, 4096)
+        check_float(self.moving_scale, "moving_scale", 0.05, 1.0)
+
+
+@dataclass
 class QueryConfig:
     """Ask a run's field a text prompt (relevancy maps, 3D selection count) or, for a SAM-distilled
     run, SAM point / box prompts on its rendered features."""

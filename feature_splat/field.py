@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -44,17 +45,33 @@ class FeatureField:
     """Gaussians closer to the camera (camera-space depth, scene units) are not rendered."""
 
     def render(
-        self, cameras: Cameras, backend: Backend = "auto", sh_degree: int | None = None
+        self,
+        cameras: Cameras,
+        backend: Backend = "auto",
+        sh_degree: int | None = None,
+        channels: Tensor | None = None,
     ) -> FieldRender:
-        """Render RGB and features in one rasterizer pass."""
+        """Render RGB and features in one rasterizer pass.
+
+        ``channels`` [N, K], when given, are rendered in place of the features (over a zero
+        background): per-Gaussian values such as a selection indicator, composited like colour.
+        """
         g = self.gaussians
         degree = self.sh_degree if sh_degree is None else sh_degree
         colors = g.colors(cameras.centers.to(g.means), degree=degree)  # [C, N, 3]
-        features = g.features[None].expand(len(cameras), -1, -1)
+        background = self.background
+        if channels is not None:
+            if channels.ndim != 2 or channels.shape[0] != len(g):
+                raise InputShapeError(
+                    f"channels: expected [{len(g)}, K], got {list(channels.shape)}"
+                )
+            background = torch.cat([background[:3], background.new_zeros(channels.shape[1])])
+        features = (g.features if channels is None else channels.to(g.means))[None]
+        features = features.expand(len(cameras), -1, -1)
         out = rasterize(
             g.means, g.quats, g.scales, g.opacities, torch.cat([colors, features], dim=-1),
             cameras.viewmats.to(g.means), cameras.Ks.to(g.means), cameras.width, cameras.height,
-            near_plane=self.near_plane, backgrounds=self.background, backend=backend,
+            near_plane=self.near_plane, backgrounds=background, backend=backend,
         )  # fmt: skip
         return FieldRender(
             out.features[..., :3], out.features[..., 3:], out.depth, out.alpha, out.meta
@@ -85,6 +102,20 @@ class FeatureField:
             weights = torch.softmax(log_opacity[nearest] - 0.5 * mahalanobis, dim=1)
             out.append((weights[..., None] * g.features[nearest]).sum(1))
         return torch.cat(out) if out else g.features.new_zeros(0, g.feature_dim)
+
+    def snapshot(self) -> FeatureField:
+        """An independent copy (tensors cloned, decoder copied), safe to read from another
+        thread while this field keeps training."""
+        g = self.gaussians
+        gaussians = GaussianField(
+            **{f.name: getattr(g, f.name).detach().clone() for f in fields(g)}
+        )
+        return replace(
+            self,
+            gaussians=gaussians,
+            decoder=copy.deepcopy(self.decoder),
+            background=self.background.detach().clone(),
+        )
 
     def decode(self, features: Tensor) -> Tensor:
         """Teacher-width features [..., M] from rendered or per-Gaussian features [..., F]."""

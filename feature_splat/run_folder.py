@@ -35,10 +35,10 @@ from torch import Tensor
 from feature_splat.data import Dataset
 from feature_splat.errors import CheckpointError, ConfigError
 from feature_splat.field import FeatureField
-from feature_splat.io import write_json
+from feature_splat.io import atomic_write_bytes, write_json
 from feature_splat.io.feature_cache import encode_dataset, image_hash
 from feature_splat.io.files import read_json_object
-from feature_splat.io.outputs import output_kind
+from feature_splat.io.outputs import output_kind, prepare_output
 from feature_splat.options import refuse_changed_settings
 from feature_splat.teachers import Teacher
 from feature_splat.teachers.factory import build_teacher
@@ -280,6 +280,18 @@ class Run:
                 f"field's PLY has {field.gaussians.feature_dim} feature channels"
             )
         return field
+
+    def save_field_as(self, field: FeatureField, out: Path) -> Path:
+        """Write ``field`` (this run's, edited) as a new run folder at ``out`` that ``query``,
+        ``edit``, ``render`` and ``view`` open as they open this one: the field, and this run's
+        config, dataset record, teacher record and SAM decoder. ``out`` may be neither this run
+        folder nor inside it, nor inside its dataset."""
+        out = prepare_output(out, EDIT_KIND, inputs=[self.dataset.root, self.path])
+        field.save(out)
+        for name in (CONFIG_NAME, DATASET_NAME, TEACHER_RECORD, SAM_DECODER_NAME):
+            if (self.path / name).is_file():
+                atomic_write_bytes(out / name, (self.path / name).read_bytes())
+        return out
 
     def views(self, chosen: list[int]) -> list[int]:
         """``chosen`` dataset view indices (default: the held-out views), range-checked."""

@@ -2,8 +2,41 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
+
+
+@dataclass(frozen=True)
+class PcaColours:
+    """A fixed map from D-channel features to RGB: the first three principal components of some
+    reference features, each scaled so its 1st..99th percentile spans [0, 1]. Fixed once, it
+    colours every view alike (no flicker from view to view)."""
+
+    mean: Tensor  # [D]
+    basis: Tensor  # [D, 3] (zero columns when D < 3)
+    lo: Tensor  # [3]
+    hi: Tensor  # [3]
+
+    @classmethod
+    def fit(cls, reference: Tensor) -> PcaColours:
+        """Fit to reference features [N, D] (N >= 2)."""
+        reference = reference.detach().reshape(-1, reference.shape[-1]).float()
+        d = reference.shape[1]
+        mean = reference.mean(0)
+        if d > 3:
+            _, _, basis = torch.pca_lowrank(reference - mean, q=3, center=False, niter=4)
+        else:
+            basis = torch.eye(d, 3)
+        projected = (reference - mean) @ basis
+        lo, hi = torch.quantile(projected, 0.01, dim=0), torch.quantile(projected, 0.99, dim=0)
+        return cls(mean, basis, lo, hi)
+
+    def __call__(self, features: Tensor) -> Tensor:
+        """RGB [..., 3] in [0, 1] of features [..., D]."""
+        projected = (features.detach().float().to(self.mean) - self.mean) @ self.basis
+        return ((projected - self.lo) / (self.hi - self.lo).clamp_min(1e-8)).clamp(0, 1)
 
 
 def pca_rgb(features: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -12,22 +45,9 @@ def pca_rgb(features: Tensor, mask: Tensor | None = None) -> Tensor:
     Fewer than three channels are padded with zeros. ``mask`` [H, W] selects the pixels that define
     the components and the colour range (default: all).
     """
-    h, w, d = features.shape
-    flat = features.detach().reshape(-1, d).float()
+    flat = features.detach().reshape(-1, features.shape[-1]).float()
     chosen = flat if mask is None else flat[mask.reshape(-1)]
-    if chosen.shape[0] < 2:
-        chosen = flat
-    mean = chosen.mean(0)
-    if d > 3:
-        _, _, basis = torch.pca_lowrank(chosen - mean, q=3, center=False, niter=4)
-        projected, reference = (flat - mean) @ basis, (chosen - mean) @ basis
-    else:
-        pad = torch.zeros(flat.shape[0], 3 - d)
-        projected = torch.cat([flat - mean, pad], dim=1)
-        reference = torch.cat([chosen - mean, torch.zeros(chosen.shape[0], 3 - d)], dim=1)
-    lo = torch.quantile(reference, 0.01, dim=0)
-    hi = torch.quantile(reference, 0.99, dim=0)
-    return ((projected - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1).reshape(h, w, 3)
+    return PcaColours.fit(chosen if chosen.shape[0] >= 2 else flat)(features)
 
 
 def depth_rgb(depth: Tensor, alpha: Tensor) -> Tensor:

@@ -78,6 +78,22 @@ def test_linear_decoder_commutes_with_compositing() -> None:
         torch.testing.assert_close(decoder(low), high, atol=1e-5, rtol=1e-5)
 
 
+def test_decoder_cosines_equal_cosines_of_decoded_features() -> None:
+    """The F-dimensional cosine of a linear decoder (and the plain path of the others) against
+    decoding to M and normalising, the brute-force way."""
+    torch.manual_seed(0)
+    features = torch.randn(5, 7, 6)
+    targets = torch.nn.functional.normalize(torch.randn(4, 20), dim=-1)
+    for decoder in (SpeedUpDecoder(6, 20), SpeedUpDecoder(6, 20, hidden=(8,))):
+        decoded = torch.nn.functional.normalize(decoder(features), dim=-1)
+        torch.testing.assert_close(decoder.cosines(features, targets), decoded @ targets.T,
+                                   atol=1e-5, rtol=1e-5)  # fmt: skip
+    identity = SpeedUpDecoder(20, 20, identity=True)
+    wide = torch.randn(3, 20)
+    expected = torch.nn.functional.normalize(wide, dim=-1) @ targets.T
+    torch.testing.assert_close(identity.cosines(wide, targets), expected)
+
+
 def test_decoder_checks_width() -> None:
     with pytest.raises(InputShapeError, match="4 channels"):
         SpeedUpDecoder(4, 8)(torch.zeros(2, 5))

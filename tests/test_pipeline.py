@@ -110,7 +110,10 @@ def test_cli_train_eval_render_on_a_tiny_world(tmp_path, monkeypatch, capsys) ->
     error = cli_error(
         ["edit", str(run), "--text", "table", "--op", "extract", "-o", str(run)], capsys
     )
-    assert "holds feature-splat 'run' output" in error
+    assert f"{run}: is inside the input {run}" in error  # never over the run it reads
+    error = cli_error(["edit", str(edited), "--text", "table", "--op", "delete", "-o", str(edited)],
+                      capsys)  # fmt: skip
+    assert "is inside the input" in error  # nor over an edited run it reads
 
 
 def test_demo_writes_summary_and_prompt_pngs(tmp_path, monkeypatch) -> None:

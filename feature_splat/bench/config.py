@@ -114,3 +114,34 @@ class SpeedupBenchConfig:
         _check_sizes(self.feature_dims, "feature_dims", 1, 4096)
         check_int(self.iterations, "iterations", 1, 10**8)
         check_int(self.threads, "threads", 1, 1024)
+
+
+@dataclass
+class ViewerBenchConfig:
+    """Viewer frame time (render + JPEG and depth encoding) and click-to-selection time."""
+
+    run: Path | None = None
+    """A run folder to measure (the demo's, say) beside the synthetic field."""
+    gaussians: int = 200_000
+    """Gaussians of the synthetic field (the rasterizer benchmark's scene), 0 to skip it."""
+    feature_dim: int = 16
+    moving: int = 256
+    """Longer side of a frame while the camera moves."""
+    still: int = 512
+    """Longer side of a frame once it stops."""
+    text: str = "chair"
+    """The text prompt of the relevancy frames (fields with a text side)."""
+    repeats: int = 5
+    threads: int = 2
+    out: Path = Path("outputs/bench_viewer")
+
+    def __post_init__(self) -> None:
+        check_int(self.gaussians, "gaussians", 0, 10**8)
+        check_int(self.feature_dim, "feature_dim", 1, 4096)
+        check_text(self.text, "text")
+        check_int(self.moving, "moving", 16, 4096)
+        check_int(self.still, "still", 16, 4096)
+        check_int(self.repeats, "repeats", 1, 1000)
+        check_int(self.threads, "threads", 1, 1024)
+        if self.run is None and self.gaussians == 0:
+            raise ConfigError("bench viewer: give --run, or --gaussians above 0")

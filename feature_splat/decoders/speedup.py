@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 
+import torch
 from torch import Tensor, nn
 
 from feature_splat.errors import CheckpointError, InputShapeError
@@ -66,6 +67,27 @@ class SpeedUpDecoder(nn.Module):
                 f"SpeedUpDecoder: expected features with {self.in_dim} channels, got {features.shape[-1]}"
             )
         return self.layers(features)
+
+    def cosines(self, features: Tensor, targets: Tensor) -> Tensor:
+        """Cosine similarity [..., T] of the decoded ``features`` [..., F] with unit ``targets``
+        [T, M], without decoding for a linear decoder.
+
+        With ``u = W f + b``: ``t . u = (t W) f + t . b`` and ``|u|^2 = |L' f|^2 + 2 (W' b) . f +
+        b . b`` where ``L L' = W' W``, all F-dimensional. One matmul gives every term, so a frame
+        costs F x (T + F + 1) operations and one small buffer per pixel, not F x M.
+        """
+        if self.identity or not self.is_linear:
+            return torch.nn.functional.normalize(self(features).float(), dim=-1) @ targets.T
+        linear = self.layers[0]
+        weight, bias = linear.weight.float(), linear.bias.float()  # [M, F], [M]
+        eigenvalues, eigenvectors = torch.linalg.eigh(weight.T @ weight)
+        root = eigenvectors * eigenvalues.clamp_min(0).sqrt()  # L, with L L' = W' W
+        projection = torch.cat([(targets @ weight).T, root, (weight.T @ bias)[:, None]], dim=1)
+        terms = features.float() @ projection  # [..., T + F + 1]
+        count = targets.shape[0]
+        dots = terms[..., :count] + targets @ bias
+        squared = terms[..., count:-1].square().sum(-1) + 2 * terms[..., -1] + bias @ bias
+        return dots / squared.clamp_min(1e-24).sqrt()[..., None]
 
     def config(self) -> dict[str, object]:
         """Constructor arguments, for saving next to the weights."""

@@ -16,12 +16,12 @@ from feature_splat.config import SamPrompt
 from feature_splat.edit.ops import delete, extract, recolour
 from feature_splat.errors import ConfigError
 from feature_splat.field import FeatureField
-from feature_splat.io import atomic_write_bytes, write_json, write_png
+from feature_splat.io import write_json, write_png
 from feature_splat.io.names import prompt_folder_name, view_file_names
 from feature_splat.io.outputs import prepare_output
 from feature_splat.options import check_choice, check_float, check_text
 from feature_splat.prompts import gaussian_scores, relevancy, segment_labels, select_by_masks
-from feature_splat.run_folder import CONFIG_NAME, DATASET_NAME, EDIT_KIND, Run
+from feature_splat.run_folder import EDIT_KIND, Run
 from feature_splat.visualize import heat_rgb, label_rgb, overlay_rgb
 
 QUERY_KIND = "query"
@@ -35,19 +35,13 @@ def _check_prompt(text: str, threshold: float) -> None:
 
 def _sam_best_mask(run: Run, view: int, prompt: SamPrompt) -> tuple[torch.Tensor, float]:
     """SAM's best-scoring mask [H, W] and its score on the field's rendered features of ``view``."""
-    from feature_splat.prompts.sam import sam_masks
-    from feature_splat.teachers import to_teacher_cells
+    from feature_splat.prompts.sam import rendered_sam_masks
 
-    dataset, teacher, field = run.dataset, run.sam_teacher(), run.field
-    render = field.render(dataset.cameras[view])
-    cells = teacher.geometry(dataset.height, dataset.width).valid_cells
-    pooled = to_teacher_cells(render.features[0].permute(2, 0, 1)[None], cells, None)[0]
-    embedding = field.decode(pooled.permute(1, 2, 0)).permute(2, 0, 1)
     points = torch.tensor(prompt.points, dtype=torch.float32) if prompt.points else None
     labels = torch.tensor(prompt.labels) if prompt.points else None
     box = torch.tensor(prompt.box, dtype=torch.float32) if prompt.box is not None else None
-    masks, scores, _ = sam_masks(
-        teacher, embedding, (dataset.height, dataset.width), points, labels, box
+    masks, scores = rendered_sam_masks(
+        run.sam_teacher(), run.field, run.dataset.cameras[view], points, labels, box
     )
     best = int(scores.argmax())
     return masks[best], float(scores[best])
@@ -180,16 +174,14 @@ def edit_run(
         (sam_view,) = run.views([sam_view])
     else:
         teacher = run.prompt_teacher()  # refused before any folder is made: RGB-only runs
-    out = prepare_output(out, EDIT_KIND, inputs=[dataset.root])
+    out = prepare_output(out, EDIT_KIND, inputs=[dataset.root, run.path])  # fails early
     if text is not None:
         selection = gaussian_scores(field, teacher, text, mode=mode) > threshold
     else:
         mask, _ = _sam_best_mask(run, sam_view, sam_prompt)
         selection = select_by_masks(field, dataset.cameras[sam_view], mask[None])
     edited = _edited(field, op, selection, rgb)
-    edited.save(out)
-    for name in (CONFIG_NAME, DATASET_NAME):  # the edited field renders and answers as the run did
-        atomic_write_bytes(out / name, (run.path / name).read_bytes())
+    run.save_field_as(edited, out)  # the edited field renders and answers as the run did
     file_names = view_file_names(dataset.image_names)
     for view in dataset.test_indices:
         before = field.render(dataset.cameras[view]).rgb[0].clamp(0, 1)

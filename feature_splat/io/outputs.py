@@ -48,9 +48,9 @@ def _is_within(path: Path, folder: Path) -> bool:
 def prepare_output(out: str | Path, kind: str, *, inputs: Iterable[Path | None] = ()) -> Path:
     """Check ``out`` against the rule above, create and mark it, and return it.
 
-    ``inputs`` are folders given to the command as data (dataset roots): ``out`` may not be one of
-    them nor lie inside one. Creating the folder and writing the marker up front also proves the
-    folder writable before any long computation starts.
+    ``inputs`` are folders given to the command as data (dataset roots, the run an edit reads):
+    ``out`` may not be one of them nor lie inside one. Creating the folder and writing the
+    marker up front also proves the folder writable before any long computation starts.
     """
     out = Path(out)
     if out.is_symlink():
@@ -61,7 +61,7 @@ def prepare_output(out: str | Path, kind: str, *, inputs: Iterable[Path | None] 
     for folder in inputs:
         if folder is not None and _is_within(out, Path(folder)):
             raise OutputError(
-                f"{out}: is inside the input dataset {folder}; write outputs elsewhere "
+                f"{out}: is inside the input {folder}; write outputs elsewhere "
                 f"(inputs are never modified)"
             )
     for parent in out.resolve().parents:

@@ -11,8 +11,24 @@ import torch
 from torch import Tensor
 
 from feature_splat.cameras import Cameras
+from feature_splat.decoders import SpeedUpDecoder
 from feature_splat.errors import InputShapeError
 from feature_splat.field import FeatureField
+
+
+def similarity_to_pixel(
+    features: Tensor, x: int, y: int, decoder: SpeedUpDecoder | None = None
+) -> Tensor:
+    """Cosine similarity [C, H, W] of decoded features to those of pixel (x, y) of view 0:
+    ``features`` decoded [C, H, W, M], or rendered [C, H, W, F] with their ``decoder``."""
+    height, width = features.shape[1:3]
+    if not (0 <= x < width and 0 <= y < height):
+        raise InputShapeError(f"point ({x}, {y}): outside the {width}x{height} image")
+    if decoder is not None:
+        query = torch.nn.functional.normalize(decoder(features[0, y, x]).float(), dim=-1)
+        return decoder.cosines(features, query[None])[..., 0]
+    unit = torch.nn.functional.normalize(features, dim=-1)
+    return unit @ unit[0, y, x]
 
 
 @torch.no_grad()
@@ -22,5 +38,4 @@ def point_similarity(field: FeatureField, cameras: Cameras, x: int, y: int) -> T
         raise InputShapeError(
             f"point ({x}, {y}): outside the {cameras.width}x{cameras.height} image"
         )
-    decoded = torch.nn.functional.normalize(field.decode(field.render(cameras).features), dim=-1)
-    return decoded @ decoded[0, y, x]
+    return similarity_to_pixel(field.render(cameras).features, x, y, field.decoder)

@@ -30,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from feature_splat.cameras import Cameras
 from feature_splat.errors import InputShapeError
+from feature_splat.field import FeatureField
 from feature_splat.teachers.sam import SamTeacher
 
 PaddingFill = Literal["edge", "zeros"]
@@ -105,6 +107,32 @@ def sam_masks(
     )
     logits = model.postprocess_masks(low_res, geometry.input_size, geometry.original_size)
     return logits[0] > model.mask_threshold, scores[0], low_res[0]
+
+
+@torch.no_grad()
+def rendered_sam_masks(
+    teacher: SamTeacher,
+    field: FeatureField,
+    camera: Cameras,
+    points: Tensor | None = None,
+    point_labels: Tensor | None = None,
+    box: Tensor | None = None,
+    multimask_output: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """SAM masks [K, H, W] and scores [K] for prompts on the view of ``camera`` (one camera),
+    from the field's rendered features: pooled to SAM's cells, decoded, and passed to
+    :func:`sam_masks` in place of the image encoder's embedding."""
+    from feature_splat.teachers import to_teacher_cells
+
+    height, width = camera.height, camera.width
+    render = field.render(camera)
+    cells = teacher.geometry(height, width).valid_cells
+    pooled = to_teacher_cells(render.features[0].permute(2, 0, 1)[None], cells, None)[0]
+    embedding = field.decode(pooled.permute(1, 2, 0)).permute(2, 0, 1)
+    masks, scores, _ = sam_masks(
+        teacher, embedding, (height, width), points, point_labels, box, multimask_output
+    )
+    return masks, scores
 
 
 def _check_image_size(image_size: tuple[int, int]) -> tuple[int, int]:

@@ -6,6 +6,10 @@
 - :func:`segment_labels`: a label per pixel, softmax (with temperature) over a label set.
 - :func:`gaussian_scores`: the same scores for each Gaussian, by decoding its own feature (exact
   for the linear decoder, which commutes with compositing); threshold them to select Gaussians.
+
+Each has a form on features already rendered (:func:`cosine_scores`, :func:`relevancy_scores`,
+:func:`label_probabilities`), for callers that render once and ask several questions (the
+viewer); given the decoder, a linear one never decodes to the teacher's width.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 from torch import Tensor
 
 from feature_splat.cameras import Cameras
+from feature_splat.decoders import SpeedUpDecoder
 from feature_splat.errors import ConfigError
 from feature_splat.field import FeatureField
 from feature_splat.options import check_choice
@@ -48,9 +53,13 @@ def _text_embeddings(teacher: Teacher | None, texts: list[str]) -> Tensor:
     return torch.nn.functional.normalize(teacher.encode_text(texts).float(), dim=-1)
 
 
-def _cosines(decoded: Tensor, texts: Tensor) -> Tensor:
-    """Cosine of features [..., M] with unit text embeddings [T, M] -> [..., T]."""
-    return torch.nn.functional.normalize(decoded.float(), dim=-1) @ texts.T
+def _cosines(features: Tensor, texts: Tensor, decoder: SpeedUpDecoder | None = None) -> Tensor:
+    """Cosine of decoded features with unit text embeddings [T, M] -> [..., T]: ``features`` are
+    decoded [..., M], or with ``decoder`` low-dimensional [..., F] (see
+    :meth:`SpeedUpDecoder.cosines`: no decoding for a linear decoder)."""
+    if decoder is not None:
+        return decoder.cosines(features, texts)
+    return torch.nn.functional.normalize(features.float(), dim=-1) @ texts.T
 
 
 def relevancy_from_cosines(cosines: Tensor) -> Tensor:
@@ -60,11 +69,49 @@ def relevancy_from_cosines(cosines: Tensor) -> Tensor:
     return pairs.softmax(dim=-1)[..., 0].min(dim=-1).values
 
 
+def cosine_scores(
+    features: Tensor, teacher: Teacher, text: str, decoder: SpeedUpDecoder | None = None
+) -> Tensor:
+    """Cosine [...] of features (rendered pixels or Gaussians) with ``text``: decoded [..., M],
+    or [..., F] with their ``decoder``."""
+    return _cosines(features, _text_embeddings(teacher, [text]), decoder)[..., 0]
+
+
+def relevancy_scores(
+    features: Tensor,
+    teacher: Teacher,
+    text: str,
+    negatives: tuple[str, ...] | None = None,
+    decoder: SpeedUpDecoder | None = None,
+) -> Tensor:
+    """LERF relevancy [...] in (0, 1) of features (as for :func:`cosine_scores`) for ``text``
+    against ``negatives`` (default: :func:`negatives_for`)."""
+    negatives = negatives_for(teacher, text) if negatives is None else negatives
+    texts = _text_embeddings(teacher, [text, *negatives])
+    return relevancy_from_cosines(_cosines(features, texts, decoder))
+
+
+def label_probabilities(
+    features: Tensor,
+    teacher: Teacher,
+    labels: list[str],
+    temperature: float = 0.1,
+    decoder: SpeedUpDecoder | None = None,
+) -> Tensor:
+    """Probabilities [..., T] over ``labels`` (softmax of cosine / temperature) of features (as
+    for :func:`cosine_scores`)."""
+    cosines = _cosines(features, _text_embeddings(teacher, labels), decoder)
+    return (cosines / temperature).softmax(-1)
+
+
+def _decoded_render(field: FeatureField, cameras: Cameras) -> Tensor:
+    return field.decode(field.render(cameras).features)
+
+
 @torch.no_grad()
 def text_similarity(field: FeatureField, cameras: Cameras, teacher: Teacher, text: str) -> Tensor:
     """Cosine similarity [C, H, W] between decoded rendered features and the text's embedding."""
-    texts = _text_embeddings(teacher, [text])
-    return _cosines(field.decode(field.render(cameras).features), texts)[..., 0]
+    return cosine_scores(_decoded_render(field, cameras), teacher, text)
 
 
 @torch.no_grad()
@@ -77,9 +124,7 @@ def relevancy(
 ) -> Tensor:
     """LERF relevancy [C, H, W] in (0, 1) of ``text`` against ``negatives`` (default:
     :func:`negatives_for`)."""
-    negatives = negatives_for(teacher, text) if negatives is None else negatives
-    texts = _text_embeddings(teacher, [text, *negatives])
-    return relevancy_from_cosines(_cosines(field.decode(field.render(cameras).features), texts))
+    return relevancy_scores(_decoded_render(field, cameras), teacher, text, negatives)
 
 
 @torch.no_grad()
@@ -91,10 +136,7 @@ def segment_labels(
     temperature: float = 0.1,
 ) -> tuple[Tensor, Tensor]:
     """Probabilities [C, H, W, T] (softmax of cosine / temperature) and the argmax label [C, H, W]."""
-    texts = _text_embeddings(teacher, labels)
-    probs = (_cosines(field.decode(field.render(cameras).features), texts) / temperature).softmax(
-        -1
-    )
+    probs = label_probabilities(_decoded_render(field, cameras), teacher, labels, temperature)
     return probs, probs.argmax(dim=-1)
 
 
@@ -109,8 +151,7 @@ def gaussian_scores(
     """Per-Gaussian score [N] for ``text``: LERF ``relevancy`` (default) or raw ``cosine`` (the score
     Feature 3DGS thresholds for its edits)."""
     check_choice(mode, "mode", ("relevancy", "cosine"))
-    decoded = field.decode(field.gaussians.features)
+    features, decoder = field.gaussians.features, field.decoder
     if mode == "cosine":
-        return _cosines(decoded, _text_embeddings(teacher, [text]))[:, 0]
-    negatives = negatives_for(teacher, text) if negatives is None else negatives
-    return relevancy_from_cosines(_cosines(decoded, _text_embeddings(teacher, [text, *negatives])))
+        return cosine_scores(features, teacher, text, decoder)
+    return relevancy_scores(features, teacher, text, negatives, decoder)

@@ -154,6 +154,11 @@ class TrainConfig:
     resume: bool = False
     """Continue from the run folder's latest checkpoint (gives the same result as an uninterrupted run)."""
     backend: Backend = "auto"
+    viewer: bool = False
+    """Serve the interactive viewer while training (the field as it is now; pause and resume
+    from its panel), on loopback at --viewer-port; it stays up after training until Ctrl-C.
+    Never stored with the run."""
+    viewer_port: int = 8080
     lr: LearningRates = field(default_factory=LearningRates)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
 
@@ -203,11 +208,14 @@ class TrainConfig:
         check_seed(self.seed)
         check_int(self.checkpoint_every, "checkpoint_every", 1)
         check_choice(self.backend, "backend", ("auto", *BACKENDS))
+        check_int(self.viewer_port, "viewer_port", 1, 65535)
 
     def to_dict(self) -> dict:
-        """The config as JSON values (paths as strings); ``allow_torchscript`` is never stored."""
+        """The config as JSON values (paths as strings); ``allow_torchscript`` and the viewer
+        settings are never stored."""
         data = asdict(self)
-        del data["allow_torchscript"]
+        for session_only in ("allow_torchscript", "viewer", "viewer_port"):
+            del data[session_only]
         data["out"] = str(self.out)
         for key in ("cache_dir", "teacher_checkpoint", "features"):
             data[key] = None if data[key] is None else str(data[key])

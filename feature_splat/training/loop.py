@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +27,17 @@ class Steppable(Protocol):
     def train_step(self) -> dict[str, float]: ...
 
     def save_checkpoint(self) -> Path: ...
+
+
+@dataclass
+class LiveControl:
+    """How a watcher outside the loop (the live viewer) follows and steers training: ``lock`` is
+    held during each step (so the watcher never reads a half-updated field), the loop waits while
+    ``paused`` is set, and ``after_step(step)`` runs after every step, outside the lock."""
+
+    lock: threading.Lock
+    paused: threading.Event
+    after_step: Callable[[int], None]
 
 
 class _StopRequest:
@@ -63,13 +76,15 @@ def run_steps(
     label: str,
     status: Callable[[dict[str, float]], str],
     show_progress: bool = True,
+    live: LiveControl | None = None,
 ) -> None:
     """Call ``trainer.train_step()`` until ``trainer.step`` reaches ``until`` (default and at
     most ``total``, the run's length).
 
     A progress bar shows ``status(stats)`` every 10 steps; a checkpoint is written every
     ``checkpoint_every`` steps before ``total``, and after the step in progress when Ctrl-C
-    stops the loop (then ``KeyboardInterrupt`` is raised).
+    stops the loop (then ``KeyboardInterrupt`` is raised). ``live`` lets a viewer follow and
+    pause the loop (:class:`LiveControl`).
     """
     last = total if until is None else min(until, total)
     columns = [
@@ -79,7 +94,14 @@ def run_steps(
     with Progress(*columns, disable=not show_progress) as bar, _stop_on_sigint() as stop:
         task = bar.add_task(label, total=total, completed=trainer.step, status="")
         while trainer.step < last:
-            stats = trainer.train_step()
+            while live is not None and live.paused.is_set() and not stop.requested:
+                time.sleep(0.05)
+            if live is None:
+                stats = trainer.train_step()
+            else:
+                with live.lock:
+                    stats = trainer.train_step()
+                live.after_step(trainer.step)
             if trainer.step % 10 == 0 or trainer.step == last:
                 bar.update(task, completed=trainer.step, status=status(stats))
             if stop.requested:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from rich.console import Console
 
 from feature_splat.data import Dataset
-from feature_splat.errors import CheckpointError, DatasetError
+from feature_splat.errors import CheckpointError, ConfigError, DatasetError
 from feature_splat.eval.heldout import evaluate_heldout
 from feature_splat.field import FeatureField
 from feature_splat.io import write_json
@@ -103,8 +103,14 @@ def train(config: TrainConfig, console: Console | None = None) -> RunResult:
     elif config.resume:
         console.print("no checkpoint yet: starting from step 0")
     write_manifest(out, config, dataset)
+    live = _live_viewer(config, trainer, dataset, teacher, console)
     train_start = time.perf_counter()
-    trainer.train()
+    try:
+        trainer.train(live=None if live is None else live.control)
+    except BaseException:
+        if live is not None:
+            live.stop()
+        raise
     if config.densify.prune_veils:  # veils grown since the last refinement step
         trainer.prune_veils()
     train_seconds = time.perf_counter() - train_start
@@ -121,4 +127,27 @@ def train(config: TrainConfig, console: Console | None = None) -> RunResult:
         "teacher_config_id": None if teacher is None else teacher.config_id,
     }
     write_json(out / METRICS_NAME, metrics)
+    if live is not None:
+        live.wait()
     return RunResult(metrics, field, dataset, teacher)
+
+
+def _live_viewer(
+    config: TrainConfig,
+    trainer: Trainer,
+    dataset: Dataset,
+    teacher: Teacher | None,
+    console: Console,
+):
+    """The live viewer of ``--viewer`` (None without it)."""
+    if not config.viewer:
+        return None
+    try:
+        from feature_splat.viewer.live import LiveViewer
+        from feature_splat.viewer.server import keep_freed_memory
+    except ImportError as err:
+        raise ConfigError(
+            f"--viewer: the viewer needs viser ({err}); pip install 'feature-splat[viewer]'"
+        ) from err
+    keep_freed_memory()
+    return LiveViewer(trainer, dataset, teacher, port=config.viewer_port, announce=console.print)

@@ -27,7 +27,7 @@ from feature_splat.io.checkpoints import read_checkpoint, write_checkpoint
 from feature_splat.near_field import NEAR_FIELD, find_veils, scene_scale
 from feature_splat.teachers import to_teacher_cells
 from feature_splat.training.config import MIN_IMAGE_SIDE, TrainConfig
-from feature_splat.training.loop import run_steps
+from feature_splat.training.loop import LiveControl, run_steps
 from feature_splat.training.losses import photometric_loss
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -367,9 +367,11 @@ class Trainer:
         return (decoded - target).abs().mean()
 
     # -- the loop -------------------------------------------------------------------------------
-    def train(self, show_progress: bool = True, until: int | None = None) -> None:
+    def train(
+        self, show_progress: bool = True, until: int | None = None, live: LiveControl | None = None
+    ) -> None:
         """Run to step ``until`` (default ``config.iterations``), checkpointing every
-        ``checkpoint_every`` steps and on Ctrl-C."""
+        ``checkpoint_every`` steps and on Ctrl-C; ``live``: a viewer follows (and may pause) it."""
         config = self.config
         run_steps(
             self,
@@ -381,6 +383,7 @@ class Trainer:
                 f"loss {stats['loss']:.4f}  PSNR {stats['psnr']:.2f}  N {stats['gaussians']:,}"
             ),
             show_progress=show_progress,
+            live=live,
         )
 
     # -- checkpoints ----------------------------------------------------------------------------
