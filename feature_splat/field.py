@@ -22,6 +22,11 @@ PLY_NAME = "point_cloud.ply"
 DECODER_NAME = "decoder.pt"
 
 
+def is_field_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a saved field (:meth:`FeatureField.save`'s two files)."""
+    return (folder / PLY_NAME).is_file() and (folder / DECODER_NAME).is_file()
+
+
 @dataclass
 class FieldRender:
     """One render of a feature field for C cameras."""

@@ -195,6 +195,36 @@ def test_delete_undo_redo_and_save_as(run, tmp_path):
             session.save_as(inside)
 
 
+def test_a_bare_field_folder_opens_with_an_overview_and_saves_as_a_field(run, tmp_path):
+    """A folder with only a field (as `gen predict` writes): no cameras, no teacher."""
+    from feature_splat.field import FeatureField, is_field_folder
+    from feature_splat.viewer.camera import overview_pose
+
+    folder = tmp_path / "field"
+    folder.mkdir()
+    Run(run).field.save(folder)
+    session = ViewerSession.open(folder)
+    assert session.run is None and session.cameras is None
+    assert session.modes == ("rgb", "depth", "alpha", "pca", "selection")
+    means = session.field.gaussians.means
+    pose = overview_pose(means)
+    camera = browser_camera(np.array(pose.position), np.array(pose.wxyz), pose.fov, W, H)
+    pixels, depth = camera.project(means.median(0).values[None])
+    torch.testing.assert_close(pixels[0, 0], torch.tensor([W / 2, H / 2]), atol=1e-3, rtol=0)
+    inside = camera.project(means)[0][0]
+    in_view = ((inside >= 0) & (inside < torch.tensor([W, H]))).all(-1).float().mean()
+    assert float(depth[0, 0]) > 0 and float(in_view) > 0.85  # most of the field is in view
+    client = ViewerClient(session, long_side=W)
+    client.set_pose(np.array(pose.position), np.array(pose.wxyz), pose.fov, W / H)
+    client.box((0.3, 0.3), (0.7, 0.7))
+    kept = client.edit("extract")
+    saved = session.save_as(tmp_path / "extracted")
+    assert is_field_folder(saved) and len(FeatureField.load(saved).gaussians) == kept
+    assert len(ViewerSession.open(saved).field.gaussians) == kept
+    with pytest.raises(OutputError, match="inside the input"):
+        session.save_as(folder / "again")
+
+
 def test_a_failing_render_leaves_the_worker_serving():
     calls, errors, done = [], [], threading.Event()
 

@@ -20,19 +20,10 @@ import torch
 from rich.console import Console
 
 from feature_splat.bench.config import SamBenchConfig
+from feature_splat.bench.timing import median_seconds
 from feature_splat.io import write_json
 from feature_splat.io.checkpoints import write_checkpoint
 from feature_splat.io.outputs import prepare_output
-
-
-def _median_seconds(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run_sam_bench(config: SamBenchConfig, console: Console | None = None) -> dict[str, object]:
@@ -92,15 +83,15 @@ def _measure(config: SamBenchConfig, result, run_dir: Path, console: Console) ->
     view = dataset.test_indices[0]
     image = dataset.images[view].permute(2, 0, 1)[None]
     latency = {
-        "render_and_decode_s": _median_seconds(lambda: rendered_embedding(view)),
-        "tiny_encoder_s": _median_seconds(lambda: teacher.encode(image)),
+        "render_and_decode_s": median_seconds(lambda: rendered_embedding(view)),
+        "tiny_encoder_s": median_seconds(lambda: teacher.encode(image)),
     }
     if config.time_vit_b:
         from feature_splat.teachers.sam import SAM_CONFIGS, build_sam_model
 
         encoder = build_sam_model(SAM_CONFIGS["vit_b"]).image_encoder.eval()
         pixels = torch.randn(1, 3, 1024, 1024)
-        latency["vit_b_encoder_1024px_s"] = _median_seconds(lambda: encoder(pixels), repeats=2)
+        latency["vit_b_encoder_1024px_s"] = median_seconds(lambda: encoder(pixels), repeats=2)
     report = {
         "benchmark": "sam",
         "command": "feature-splat bench sam",

@@ -12,8 +12,6 @@ click until its 3D selection is known. Medians of
 from __future__ import annotations
 
 import socket
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +22,7 @@ from rich.table import Table
 
 from feature_splat.bench.config import ViewerBenchConfig
 from feature_splat.bench.scenes import raster_scene
+from feature_splat.bench.timing import median_seconds
 from feature_splat.decoders import SpeedUpDecoder
 from feature_splat.field import FeatureField
 from feature_splat.gaussians import GaussianField
@@ -32,16 +31,6 @@ from feature_splat.io.outputs import prepare_output
 from feature_splat.viewer.camera import dataset_pose
 from feature_splat.viewer.server import FieldViewer, keep_freed_memory
 from feature_splat.viewer.session import ViewerClient, ViewerSession
-
-
-def _median_seconds(action: Callable[[], object], repeats: int) -> float:
-    action()  # warm-up: compiled kernels, buffers
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def synthetic_session(gaussians: int, feature_dim: int, size: int) -> tuple[ViewerSession, Any]:
@@ -84,7 +73,7 @@ def _measure(
                        depth=shown.depth)  # fmt: skip
 
             key = f"{mode}_{'moving' if moving else 'still'}_ms"
-            row[key] = 1000.0 * _median_seconds(frame, config.repeats)
+            row[key] = 1000.0 * median_seconds(frame, config.repeats)
     if session.field.gaussians.feature_dim:
 
         def click() -> None:
@@ -92,7 +81,7 @@ def _measure(
             client.click(0.5, 0.5)
             client.set_pose(*pose)  # a new click sequence each time
 
-        row["click_to_selection_ms"] = 1000.0 * _median_seconds(click, config.repeats)
+        row["click_to_selection_ms"] = 1000.0 * median_seconds(click, config.repeats)
     return row
 
 

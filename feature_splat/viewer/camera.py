@@ -69,6 +69,24 @@ def dataset_pose(cameras: Cameras, index: int, focus: torch.Tensor) -> ViewPose:
     )
 
 
+def overview_pose(means: torch.Tensor, fov: float = math.radians(50.0)) -> ViewPose:
+    """A pose that sees most of a field with no dataset cameras: looking at the median of the
+    Gaussians' centres from above one side (z up), far enough for 90 % of them to fit in view."""
+    centres = means.detach().double().cpu()
+    focus = centres.median(dim=0).values
+    reach = float(torch.quantile((centres - focus).norm(dim=1), 0.9)) if len(centres) else 1.0
+    distance = max(reach, 1e-3) / math.sin(0.5 * fov)
+    direction = np.array([1.0, -1.0, 0.8]) / np.linalg.norm([1.0, -1.0, 0.8])
+    target = focus.numpy()
+    position = target + distance * direction
+    forward = -direction
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    wxyz = vtf.SO3.from_matrix(np.stack([right, down, forward], axis=1)).wxyz
+    return ViewPose(tuple(position.tolist()), tuple(wxyz.tolist()), fov, tuple(target.tolist()))
+
+
 def world_up(cameras: Cameras) -> np.ndarray:
     """The mean "up" of the dataset's cameras (minus their y axes), as a unit vector [3]."""
     up = -cameras.camtoworlds[:, :3, 1].double().mean(0).numpy()

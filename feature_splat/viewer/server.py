@@ -21,7 +21,7 @@ import viser
 
 from feature_splat.errors import FeatureSplatError
 from feature_splat.prompts.text import CANONICAL_NEGATIVES
-from feature_splat.viewer.camera import ViewPose, dataset_pose, world_up
+from feature_splat.viewer.camera import ViewPose, dataset_pose, overview_pose, world_up
 from feature_splat.viewer.frames import TEXT_MODES
 from feature_splat.viewer.session import COMBINE, ViewerClient, ViewerSession
 from feature_splat.viewer.worker import FrameWorker
@@ -201,10 +201,8 @@ class _BrowserPanel:
 
     def _jump(self, index: int) -> None:
         """Move this browser's camera to dataset view ``index`` (viser keeps its up direction,
-        so a rolled dataset camera is shown upright)."""
-        pose = self.viewer.pose_of(index)
-        if pose is None:
-            return
+        so a rolled dataset camera is shown upright), or to the start pose without cameras."""
+        pose = self.viewer.pose_of(index) or self.viewer.start_pose
         with self.client.atomic():
             self.client.camera.position = pose.position
             self.client.camera.look_at = pose.look_at
@@ -280,14 +278,12 @@ class FieldViewer:
         self.server = viser.ViserServer(host=host, port=port, verbose=False)
         if session.cameras is not None:
             self.server.scene.set_up_direction(tuple(world_up(session.cameras).tolist()))
-        start = self.pose_of(0)
-        if start is not None:  # new browsers (and viser's own reset) start at the first view
-            initial = self.server.initial_camera
-            initial.position, initial.look_at, initial.fov = (
-                start.position,
-                start.look_at,
-                start.fov,
-            )
+        # New browsers (and viser's own reset) start at the first dataset view, or an overview.
+        self.start_pose = self.pose_of(0) or overview_pose(field.gaussians.means)
+        initial = self.server.initial_camera
+        initial.position = self.start_pose.position
+        initial.look_at = self.start_pose.look_at
+        initial.fov = self.start_pose.fov
         self.server.on_client_connect(self._connect)
         self.server.on_client_disconnect(self._disconnect)
         self.server.scene.on_click()(lambda event: self._click(event, negative=False))

@@ -29,15 +29,18 @@ from torch import Tensor
 from feature_splat.cameras import Cameras
 from feature_splat.edit.ops import delete, extract, recolour
 from feature_splat.errors import ConfigError
-from feature_splat.field import FeatureField
+from feature_splat.field import FeatureField, is_field_folder
+from feature_splat.io.outputs import output_kind, prepare_output
 from feature_splat.prompts import gaussian_scores, select_by_masks
 from feature_splat.prompts.point import similarity_to_pixel
-from feature_splat.run_folder import Run
+from feature_splat.run_folder import EDIT_KIND, RUN_KIND, Run
 from feature_splat.teachers import Teacher
 from feature_splat.viewer.camera import browser_camera, frame_size
 from feature_splat.viewer.frames import Frame, Mode, TextPrompt, available_modes, render_frame
 from feature_splat.visualize import PcaColours
 
+FIELD_KIND = "field"
+"""The output kind of a bare field saved from the viewer."""
 Combine = Literal["new", "add", "subtract"]
 EditOp = Literal["delete", "extract", "recolour"]
 COMBINE: tuple[Combine, ...] = ("new", "add", "subtract")
@@ -66,8 +69,11 @@ class ViewerSession:
         teacher: Teacher | None = None,
         cameras: Cameras | None = None,
         view_names: list[str] | None = None,
+        source: Path | None = None,
     ) -> None:
         self.run = run
+        self.source = run.path if run is not None else source
+        """The folder the field was read from (None: made in memory, as in live training)."""
         self.teacher = teacher
         self.cameras = cameras
         self.view_names = view_names or []
@@ -83,9 +89,14 @@ class ViewerSession:
         self._set_field(field, refit_colours=True)
 
     @classmethod
-    def open(cls, run_dir: str | Path, *, allow_torchscript: bool = False) -> ViewerSession:
-        """A session on a run folder (a training run, an edit of one, or a lifted run)."""
-        run = Run(run_dir, allow_torchscript=allow_torchscript)
+    def open(cls, folder: str | Path, *, allow_torchscript: bool = False) -> ViewerSession:
+        """A session on a run folder (a training run or an edit of one), or on a folder holding
+        just a field (``point_cloud.ply`` + ``decoder.pt``, as ``gen predict`` writes): no
+        dataset cameras and no teacher then."""
+        folder = Path(folder)
+        if output_kind(folder) not in (RUN_KIND, EDIT_KIND) and is_field_folder(folder):
+            return cls(FeatureField.load(folder), source=folder)
+        run = Run(folder, allow_torchscript=allow_torchscript)
         dataset = run.dataset
         return cls(
             run.field,
@@ -186,12 +197,17 @@ class ViewerSession:
         return bool(self._redo)
 
     def save_as(self, out: str | Path) -> Path:
-        """Write the field as it is now to a new run folder (never over the opened run)."""
-        if self.run is None:
-            raise ConfigError("save as: this field was not opened from a run folder")
+        """Write the field as it is now to a new folder (never over the opened one, nor inside
+        it): a run folder for a run, a field folder for a bare field."""
         with self.lock:
             field = self._field
-        return self.run.save_field_as(field, Path(out))
+        if self.run is not None:
+            return self.run.save_field_as(field, Path(out))
+        if self.source is None:
+            raise ConfigError("save as: this field is being trained; its run folder has it")
+        out = prepare_output(out, FIELD_KIND, inputs=[self.source])
+        field.save(out)
+        return out
 
     def prompt_teacher(self) -> Teacher:
         """The teacher text prompts go through."""
