@@ -362,6 +362,7 @@ def test_the_browser_shows_the_scene_answers_a_text_prompt_and_a_click(served):
         dismiss_notifications,
         fill_text,
         gui_text_value,
+        select_dropdown,
         wait_until,
     )
     from PIL import Image
@@ -383,6 +384,24 @@ def test_the_browser_shows_the_scene_answers_a_text_prompt_and_a_click(served):
         _wait_for_still_frame(page)
         time.sleep(0.5)
         assert np.abs(canvas_screenshot(page).astype(float) - shot).mean() > 5  # the heat map
+
+        # A render that fails is shown to this browser, and the next frame is served.
+        served_frames, real_render = [], panel.state.render
+
+        def failing_once(moving: bool = False):
+            if not served_frames:
+                served_frames.append("failed")
+                raise RuntimeError("injected render failure")
+            served_frames.append("served")
+            return real_render(moving)
+
+        panel.state.render = failing_once
+        select_dropdown(page, "Mode", "depth")
+        page.get_by_text("injected render failure").first.wait_for(timeout=20_000)
+        select_dropdown(page, "Mode", "rgb")
+        wait_until(lambda: "served" in served_frames, 20, "a frame after the failure")
+        panel.state.render = real_render
+        dismiss_notifications(page)
 
         before = gui_text_value(page, "Selected")
         click_canvas(page, 0.45, 0.6)

@@ -97,6 +97,7 @@ class _BrowserPanel:
                 self.pause = gui.add_checkbox("Pause training", viewer.training.paused.is_set())
                 self.step = gui.add_text("Step", "", disabled=True)
         self._wire()
+        self._closed = False
         self.worker = FrameWorker(self._render, self.report, name=f"frames {client.client_id}")
         client.camera.on_update(lambda _: self._camera_moved())
 
@@ -213,6 +214,8 @@ class _BrowserPanel:
             return
         start = time.perf_counter()
         frame = self.state.render(moving)
+        if self._closed:  # the browser left while this frame was rendered
+            return
         self.client.scene.set_background_image(
             frame.image, format="jpeg", jpeg_quality=75 if moving else 90, depth=frame.depth
         )
@@ -247,6 +250,8 @@ class _BrowserPanel:
             _log.debug("could not notify client %s", self.client.client_id, exc_info=True)
 
     def close(self) -> None:
+        """Stop rendering for this browser (it has gone, or the server stops)."""
+        self._closed = True
         self.worker.close()
 
 
