@@ -361,6 +361,7 @@ def test_the_browser_shows_the_scene_answers_a_text_prompt_and_a_click(served):
         click_canvas,
         dismiss_notifications,
         fill_text,
+        gui_input,
         gui_text_value,
         select_dropdown,
         wait_until,
@@ -402,6 +403,12 @@ def test_the_browser_shows_the_scene_answers_a_text_prompt_and_a_click(served):
         wait_until(lambda: "served" in served_frames, 20, "a frame after the failure")
         panel.state.render = real_render
         dismiss_notifications(page)
+
+        gui_input(page, "Show cameras").check()  # the dataset's cameras as frustums
+        wait_until(lambda: len(getattr(panel, "_frustums", ())) == len(panel.state.session.cameras),
+                   20, "a frustum per dataset camera")  # fmt: skip
+        gui_input(page, "Show cameras").uncheck()
+        wait_until(lambda: not any(f.visible for f in panel._frustums), 20, "hidden frustums")
 
         before = gui_text_value(page, "Selected")
         click_canvas(page, 0.45, 0.6)

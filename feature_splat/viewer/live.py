@@ -39,7 +39,7 @@ class LiveViewer:
         self.trainer = trainer
         self.session = ViewerSession(
             trainer.field().snapshot(), teacher=teacher, cameras=dataset.cameras,
-            view_names=list(dataset.image_names),
+            view_names=list(dataset.image_names), held_out=dataset.test_indices,
         )  # fmt: skip
         paused = threading.Event()
         self.control = LiveControl(self.session.render_lock, paused, self._after_step)

@@ -20,6 +20,7 @@ from typing import Any
 import viser
 
 from feature_splat.errors import FeatureSplatError
+from feature_splat.near_field import scene_scale
 from feature_splat.prompts.text import CANONICAL_NEGATIVES
 from feature_splat.viewer.camera import ViewPose, dataset_pose, overview_pose, world_up
 from feature_splat.viewer.frames import TEXT_MODES
@@ -64,6 +65,10 @@ class _BrowserPanel:
             views = (NO_VIEW, *session.view_names) if session.cameras is not None else (NO_VIEW,)
             self.view = gui.add_dropdown("Camera", views, initial_value=NO_VIEW)
             self.reset = gui.add_button("Reset view")
+            self.show_cameras = None
+            if session.cameras is not None:
+                self.show_cameras = gui.add_checkbox("Show cameras", False)
+                self._frustums: list[Any] = []
         self.text = None
         if any(mode in session.modes for mode in TEXT_MODES):
             with gui.add_folder("Text prompt"):
@@ -106,6 +111,8 @@ class _BrowserPanel:
         self.mode.on_update(lambda _: self._set(mode=self.mode.value))
         self.view.on_update(lambda _: self._act(lambda: self._jump_to_name(self.view.value)))
         self.reset.on_click(lambda _: self._act(lambda: self._jump(0)))
+        if self.show_cameras is not None:
+            self.show_cameras.on_update(lambda _: self._act(self._cameras_toggled))
         if self.text is not None:
             self.text.on_update(lambda _: self._act(self._text_changed))
             self.negatives.on_update(lambda _: self._act(self._text_changed))
@@ -195,6 +202,30 @@ class _BrowserPanel:
         self.state.set_pose(camera.position, camera.wxyz, camera.fov, camera.aspect)
         self.worker.request(moving=True)
 
+    def _cameras_toggled(self) -> None:
+        """Show or hide the dataset's cameras as frustums (training grey, held-out orange);
+        clicking one moves the view there."""
+        assert self.show_cameras is not None
+        if self.show_cameras.value and not self._frustums:
+            self._frustums = [
+                self._add_frustum(index) for index in range(len(self.viewer.session.cameras))
+            ]
+        for frustum in self._frustums:
+            frustum.visible = bool(self.show_cameras.value)
+
+    def _add_frustum(self, index: int) -> Any:
+        session = self.viewer.session
+        cameras = session.cameras
+        pose = self.viewer.pose_of(index)
+        colour = (235, 130, 30) if index in session.held_out else (90, 90, 90)
+        frustum = self.client.scene.add_camera_frustum(
+            f"/cameras/{index}", fov=pose.fov, aspect=cameras.width / cameras.height,
+            scale=self.viewer.frustum_scale, color=colour, wxyz=pose.wxyz,
+            position=pose.position,
+        )  # fmt: skip
+        frustum.on_click(lambda _: self._act(lambda: self._jump(index)))
+        return frustum
+
     def _jump_to_name(self, name: str) -> None:
         names = self.viewer.session.view_names
         if name in names:
@@ -283,6 +314,8 @@ class FieldViewer:
         self.server = viser.ViserServer(host=host, port=port, verbose=False)
         if session.cameras is not None:
             self.server.scene.set_up_direction(tuple(world_up(session.cameras).tolist()))
+        cameras = session.cameras
+        self.frustum_scale = 0.05 * scene_scale(cameras) if cameras is not None else 0.1
         # New browsers (and viser's own reset) start at the first dataset view, or an overview.
         self.start_pose = self.pose_of(0) or overview_pose(field.gaussians.means)
         initial = self.server.initial_camera

@@ -69,6 +69,7 @@ class ViewerSession:
         teacher: Teacher | None = None,
         cameras: Cameras | None = None,
         view_names: list[str] | None = None,
+        held_out: list[int] | None = None,
         source: Path | None = None,
     ) -> None:
         self.run = run
@@ -77,6 +78,8 @@ class ViewerSession:
         self.teacher = teacher
         self.cameras = cameras
         self.view_names = view_names or []
+        self.held_out = set(held_out or [])
+        """Indices of the dataset views held out from training."""
         self.lock = threading.RLock()
         self.render_lock = threading.Lock()
         """Held around every rasterizer call: the CPU kernels are not re-entrant across
@@ -104,6 +107,7 @@ class ViewerSession:
             teacher=run.teacher,
             cameras=dataset.cameras,
             view_names=list(dataset.image_names),
+            held_out=dataset.test_indices,
         )
 
     @property
