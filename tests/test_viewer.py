@@ -405,8 +405,8 @@ def test_the_browser_shows_the_scene_answers_a_text_prompt_and_a_click(served):
         dismiss_notifications(page)
 
         gui_input(page, "Show cameras").check()  # the dataset's cameras as frustums
-        wait_until(lambda: len(getattr(panel, "_frustums", ())) == len(panel.state.session.cameras),
-                   20, "a frustum per dataset camera")  # fmt: skip
+        wait_until(lambda: len(panel._frustums) == len(panel.state.session.cameras), 20,
+                   "a frustum per dataset camera")  # fmt: skip
         gui_input(page, "Show cameras").uncheck()
         wait_until(lambda: not any(f.visible for f in panel._frustums), 20, "hidden frustums")
 

@@ -66,9 +66,9 @@ class _BrowserPanel:
             self.view = gui.add_dropdown("Camera", views, initial_value=NO_VIEW)
             self.reset = gui.add_button("Reset view")
             self.show_cameras = None
+            self._frustums: list[Any] = []  # made on first "Show cameras"
             if session.cameras is not None:
                 self.show_cameras = gui.add_checkbox("Show cameras", False)
-                self._frustums: list[Any] = []
         self.text = None
         if any(mode in session.modes for mode in TEXT_MODES):
             with gui.add_folder("Text prompt"):
@@ -118,7 +118,7 @@ class _BrowserPanel:
             self.negatives.on_update(lambda _: self._act(self._text_changed))
             self.score.on_update(lambda _: self._act(self._text_changed))
             self.threshold.on_update(lambda _: self._act(self._text_changed))
-            self.labels.on_update(lambda _: self._labels_changed())
+            self.labels.on_update(lambda _: self._act(self._labels_changed))
         self.combine.on_update(lambda _: setattr(state, "combine", self.combine.value))
         self.clear.on_click(lambda _: self._act(state.clear_selection))
         self.delete.on_click(lambda _: self._act(lambda: state.edit("delete")))
@@ -165,7 +165,6 @@ class _BrowserPanel:
         if self.state.prompt.labels and self.state.mode != "labels":
             self.mode.value = "labels"
             self.state.mode = "labels"
-        self.worker.request()
 
     def _save(self) -> None:
         out = self.viewer.session.save_as(Path(self.save_path.value).expanduser())
