@@ -112,3 +112,16 @@ def test_resume_equals_uninterrupted_run(tmp_path) -> None:
         assert torch.equal(value, resumed.params[name]), name
     for a, b in zip(full.decoder.parameters(), resumed.decoder.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_strategy_info_gives_gsplat_14_one_radius_per_gaussian(monkeypatch) -> None:
+    """gsplat 1.4 (nerfstudio's pin) reads radii [C, N]; 1.5 reads [C, N, 2]."""
+    from feature_splat.training import trainer
+
+    radii = torch.tensor([[[3, 5], [0, 0], [7, 2]]], dtype=torch.int32)
+    meta = {"radii": radii, "means2d": torch.zeros(1, 3, 2, requires_grad=True), "width": 8}
+    monkeypatch.setattr(trainer, "GSPLAT_RADII_PER_AXIS", True)
+    assert trainer.strategy_info(meta) is meta
+    monkeypatch.setattr(trainer, "GSPLAT_RADII_PER_AXIS", False)
+    info = trainer.strategy_info(meta)
+    assert info["radii"].tolist() == [[5, 0, 7]] and info["means2d"] is meta["means2d"]

@@ -66,6 +66,8 @@ def rasterize_gsplat(
         packed=False,
         sh_degree=None,
     )
+    if meta["radii"].dim() == 2:  # gsplat < 1.5: one radius for both axes, [C, N]
+        meta["radii"] = meta["radii"][..., None].expand(-1, -1, 2)
     expected_depth = renders[..., -1:]
     # gsplat divides depth by alpha (clamped at 1e-10); undo it so every backend returns raw depth.
     return renders[..., :-1], expected_depth * alphas.clamp_min(1e-10), alphas, meta

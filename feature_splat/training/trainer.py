@@ -10,6 +10,7 @@ optimizer moments, the view queue), so a resumed run ends bit-identical to an un
 from __future__ import annotations
 
 import math
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -42,6 +43,23 @@ FAR_SHARE = 0.1
 """Largest share of ray-initialised Gaussians on the far shell."""
 FAR_TOLERANCE = 0.02
 """Colour disagreement by which the far shell may lose and still be chosen."""
+
+
+def _gsplat_radii_per_axis() -> bool:
+    """Whether the installed gsplat's strategies read radii per axis ([C, N, 2], gsplat >= 1.5)
+    rather than one per Gaussian ([C, N], gsplat 1.4, which nerfstudio 1.1.5 pins)."""
+    major, minor = (int(part) for part in metadata.version("gsplat").split(".")[:2])
+    return (major, minor) >= (1, 5)
+
+
+GSPLAT_RADII_PER_AXIS = _gsplat_radii_per_axis()
+
+
+def strategy_info(meta: dict) -> dict:
+    """The rasterizer's meta (radii [C, N, 2]) as the installed gsplat's strategies read it."""
+    if GSPLAT_RADII_PER_AXIS:
+        return meta
+    return {**meta, "radii": meta["radii"].max(dim=-1).values}
 
 
 def initial_gaussians(
@@ -330,15 +348,16 @@ class Trainer:
             feature_loss = self.feature_loss(self.decoder(cells.permute(1, 2, 0)), target_map)
         loss = rgb_loss + config.feature_weight * feature_loss
 
+        info = strategy_info(render.meta)
         self.strategy.step_pre_backward(
-            self.params, self.optimizers, self.strategy_state, self.step, render.meta
+            self.params, self.optimizers, self.strategy_state, self.step, info
         )
         loss.backward()
         for optimizer in [*self.optimizers.values(), *self.extra_optimizers.values()]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         self.strategy.step_post_backward(
-            self.params, self.optimizers, self.strategy_state, self.step, render.meta, packed=False
+            self.params, self.optimizers, self.strategy_state, self.step, info, packed=False
         )
         if config.densify.prune_veils and self.step % config.densify.refine_every == 0:
             self.prune_veils()
