@@ -138,3 +138,28 @@ def test_prompts_and_deletion_meet_bars_on_a_small_world(tmp_path, monkeypatch) 
     everything = extraction_psnr(opened.field, dataset, opened.teacher, "table", truth, -1.0)
     table = report["results"][0]
     assert table["extract_psnr_outside_class"] > everything["extract_psnr_outside_class"] + 5.0
+
+
+def test_a_stored_teacher_asks_its_real_teacher_once_per_new_text(teacher, tmp_path) -> None:
+    """Texts outside the saved vocabulary come from the real teacher, once each (the viewer asks
+    for the same prompt every frame)."""
+    from feature_splat.teachers.stored import StoredTeacher, write_teacher_record
+
+    asked: list[list[str]] = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(teacher, name)
+
+        def encode_text(self, texts: list[str]) -> torch.Tensor:
+            asked.append(list(texts))
+            return teacher.encode_text(texts)
+
+    record = write_teacher_record(tmp_path / "teacher.npz", teacher, ["chair", "table"])
+    stored = StoredTeacher(record, Counting)
+    torch.testing.assert_close(stored.encode_text(["table"]), teacher.encode_text(["table"]))
+    assert asked == []  # in the vocabulary: from the record
+    for _ in range(3):
+        got = stored.encode_text(["armchair", "table"])
+    torch.testing.assert_close(got, teacher.encode_text(["armchair", "table"]))
+    assert asked == [["armchair", "table"]]

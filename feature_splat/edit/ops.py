@@ -7,7 +7,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from feature_splat.errors import InputShapeError
+from feature_splat.errors import ConfigError, InputShapeError
 from feature_splat.field import FeatureField
 from feature_splat.gaussians import rgb_to_sh0
 
@@ -46,3 +46,23 @@ def recolour(
     sh0 = g.sh0 * (1 - weight) + target * weight
     shN = g.shN * (1 - weight)
     return replace(field, gaussians=replace(g, sh0=sh0, shN=shN))
+
+
+EDIT_OPS = ("delete", "extract", "recolour")
+
+
+def apply_edit(
+    field: FeatureField,
+    op: str,
+    selection: Tensor,
+    rgb: tuple[float, float, float] = (0.1, 0.8, 0.1),
+) -> FeatureField:
+    """``op`` (one of :data:`EDIT_OPS`) applied to the selected Gaussians; ``rgb`` is the
+    recolour target."""
+    if op == "delete":
+        return delete(field, selection)
+    if op == "extract":
+        return extract(field, selection)
+    if op == "recolour":
+        return recolour(field, selection, rgb)
+    raise ConfigError(f"edit: unknown operation {op!r} (one of {', '.join(EDIT_OPS)})")

@@ -13,9 +13,8 @@ from pathlib import Path
 import torch
 
 from feature_splat.config import SamPrompt
-from feature_splat.edit.ops import delete, extract, recolour
+from feature_splat.edit.ops import EDIT_OPS, apply_edit
 from feature_splat.errors import ConfigError
-from feature_splat.field import FeatureField
 from feature_splat.io import write_json, write_png
 from feature_splat.io.names import prompt_folder_name, view_file_names
 from feature_splat.io.outputs import prepare_output
@@ -25,7 +24,6 @@ from feature_splat.run_folder import EDIT_KIND, Run
 from feature_splat.visualize import heat_rgb, label_rgb, overlay_rgb
 
 QUERY_KIND = "query"
-EDIT_OPS = ("delete", "extract", "recolour")
 
 
 def _check_prompt(text: str, threshold: float) -> None:
@@ -134,14 +132,6 @@ def query_run(
     return summary
 
 
-def _edited(field: FeatureField, op: str, selection: torch.Tensor, rgb) -> FeatureField:
-    if op == "delete":
-        return delete(field, selection)
-    if op == "extract":
-        return extract(field, selection)
-    return recolour(field, selection, rgb)
-
-
 @torch.no_grad()
 def edit_run(
     run_dir: Path,
@@ -180,7 +170,7 @@ def edit_run(
     else:
         mask, _ = _sam_best_mask(run, sam_view, sam_prompt)
         selection = select_by_masks(field, dataset.cameras[sam_view], mask[None])
-    edited = _edited(field, op, selection, rgb)
+    edited = apply_edit(field, op, selection, rgb)
     run.save_field_as(edited, out)  # the edited field renders and answers as the run did
     file_names = view_file_names(dataset.image_names)
     for view in dataset.test_indices:

@@ -96,6 +96,7 @@ class StoredTeacher:
         self.vocabulary = names
         self.label_names = names if closed else None  # a closed vocabulary: precomputed labels
         self._embeddings = torch.from_numpy(arrays["embeddings"])
+        self._encoded: dict[str, Tensor] = {}  # texts the real teacher encoded
 
     @cached_property
     def real(self) -> Teacher:
@@ -117,13 +118,20 @@ class StoredTeacher:
         return self.real.encode(images)
 
     def encode_text(self, texts: list[str]) -> Tensor:
-        """Embeddings [T, dim]: from the record for its vocabulary, else from the real teacher."""
+        """Embeddings [T, dim]: from the record for its vocabulary, else from the real teacher.
+
+        What the real teacher answered is kept, so a prompt outside the vocabulary (asked again
+        for every viewer frame) is encoded once.
+        """
         known = label_index(self.vocabulary)
         unknown = [text for text in texts if text.strip().lower() not in known]
         if not unknown:
             return embeddings_by_name(texts, self.vocabulary, self._embeddings, str(self.path))
+        new = list(dict.fromkeys(text for text in texts if text not in self._encoded))
         try:
-            return self.real.encode_text(texts)
+            if new:
+                self._encoded.update(zip(new, self.real.encode_text(new), strict=True))
+            return torch.stack([self._encoded[text] for text in texts])
         except TeacherUnavailableError as err:
             saved = ", ".join(self.vocabulary[:20]) or "none"
             raise TeacherUnavailableError(

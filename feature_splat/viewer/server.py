@@ -108,7 +108,7 @@ class _BrowserPanel:
 
     def _wire(self) -> None:
         state = self.state
-        self.mode.on_update(lambda _: self._set(mode=self.mode.value))
+        self.mode.on_update(lambda _: self._set_mode(self.mode.value))
         self.view.on_update(lambda _: self._act(lambda: self._jump_to_name(self.view.value)))
         self.reset.on_click(lambda _: self._act(lambda: self._jump(0)))
         if self.show_cameras is not None:
@@ -142,9 +142,16 @@ class _BrowserPanel:
             self.report(error)
         self.refresh()
 
-    def _set(self, *, mode: str) -> None:
+    def _set_mode(self, mode: str) -> None:
+        """The mode dropdown changed."""
         self.state.mode = mode  # type: ignore[assignment]
         self.worker.request()
+
+    def _show_mode(self, mode: str) -> None:
+        """Switch to ``mode`` after a prompt (the dropdown follows)."""
+        if self.state.mode != mode:
+            self.state.mode = mode  # type: ignore[assignment]
+            self.mode.value = mode
 
     def _text_changed(self) -> None:
         assert self.text is not None
@@ -156,15 +163,12 @@ class _BrowserPanel:
         if not prompt.text:
             return
         self.state.select_text()
-        if self.state.mode != "relevancy":
-            self.mode.value = "relevancy"
-            self.state.mode = "relevancy"
+        self._show_mode("relevancy")
 
     def _labels_changed(self) -> None:
         self.state.prompt.labels = _split(self.labels.value)
-        if self.state.prompt.labels and self.state.mode != "labels":
-            self.mode.value = "labels"
-            self.state.mode = "labels"
+        if self.state.prompt.labels:
+            self._show_mode("labels")
 
     def _save(self) -> None:
         out = self.viewer.session.save_as(Path(self.save_path.value).expanduser())
@@ -190,9 +194,7 @@ class _BrowserPanel:
 
     def _prompted(self, prompt: Callable[[], int]) -> None:
         prompt()
-        if self.state.mode != "selection":
-            self.mode.value = "selection"
-            self.state.mode = "selection"
+        self._show_mode("selection")
 
     # --- camera and frames ------------------------------------------------------------------
 
@@ -250,7 +252,6 @@ class _BrowserPanel:
             frame.image, format="jpeg", jpeg_quality=75 if moving else 90, depth=frame.depth
         )
         milliseconds = 1000.0 * (time.perf_counter() - start)
-        self.state.last_frame_seconds = milliseconds / 1000.0
         height, width = frame.image.shape[:2]
         self.frame_time.value = (
             f"{milliseconds:.0f} ({width}x{height}{', moving' if moving else ''})"

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from feature_splat.cameras import Cameras
-from feature_splat.edit.ops import delete, extract, recolour
+from feature_splat.edit.ops import apply_edit
 from feature_splat.errors import ConfigError
 from feature_splat.field import FeatureField, is_field_folder
 from feature_splat.io.outputs import output_kind, prepare_output
@@ -160,14 +160,7 @@ class ViewerSession:
     ) -> int:
         """Apply ``op`` to the selected Gaussians; returns the number of Gaussians after it."""
         with self.lock:
-            if op == "delete":
-                edited = delete(self._field, selection)
-            elif op == "extract":
-                edited = extract(self._field, selection)
-            elif op == "recolour":
-                edited = recolour(self._field, selection, rgb)
-            else:
-                raise ConfigError(f"edit: unknown operation {op!r} (delete, extract, recolour)")
+            edited = apply_edit(self._field, op, selection, rgb)
             self._undo.append(self._field)
             self._redo.clear()
             self._set_field(edited)
@@ -267,7 +260,6 @@ class ViewerClient:
         self._selection_version = session.version
         self._point_prompt: PointPrompt | None = None
         self.pose: tuple[np.ndarray, np.ndarray, float, float] | None = None
-        self.last_frame_seconds = 0.0
 
     # --- camera and frames ----------------------------------------------------------------
 
@@ -348,7 +340,7 @@ class ViewerClient:
             self._point_prompt = prompt
         prompt.points.append((x, y))
         prompt.labels.append(1 if positive else 0)
-        return self._select(self._lift(self._mask(prompt)), prompt.base)
+        return self._select(self._lift(prompt), prompt.base)
 
     def box(self, screen_min: tuple[float, float], screen_max: tuple[float, float]) -> int:
         """A box prompt (screen corners 0..1) of the current view. Returns the selection count."""
@@ -360,7 +352,7 @@ class ViewerClient:
         )  # fmt: skip
         prompt = PointPrompt(camera, box=corners, base=self.current_selection())
         self._point_prompt = prompt
-        return self._select(self._lift(self._mask(prompt)), prompt.base)
+        return self._select(self._lift(prompt), prompt.base)
 
     def _mask(self, prompt: PointPrompt) -> Tensor:
         """The 2D mask [H, W] of a point / box prompt in its view."""
@@ -396,14 +388,14 @@ class ViewerClient:
             mask = mask | similar if label else mask & ~similar
         return mask
 
-    def _lift(self, mask: Tensor) -> Tensor:
-        """The Gaussians that render mostly inside ``mask`` of the prompt's view."""
+    def _lift(self, prompt: PointPrompt) -> Tensor:
+        """The Gaussians that render mostly inside the prompt's mask, in its view."""
         session = self.session
-        assert self._point_prompt is not None
+        mask = self._mask(prompt)
         with session.lock:
             field = session.field
         with session.render_lock:
-            return select_by_masks(field, self._point_prompt.camera, mask[None])
+            return select_by_masks(field, prompt.camera, mask[None])
 
     # --- edits ------------------------------------------------------------------------------
 
