@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean
+.PHONY: demo test test-nerfstudio lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,21 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
+# The ns-train method in its own environment: nerfstudio 1.1.5 pins gsplat, viser and timm
+# versions that conflict with ours (README, "nerfstudio"). torch comes from the same pinned builds.
+NS_VENV := .venv-ns
+
+$(NS_VENV)/.installed: pyproject.toml
+	test -x $(NS_VENV)/bin/python || $(PYTHON) -m venv $(NS_VENV)
+	$(NS_VENV)/bin/pip install --quiet -e ".[nerfstudio]" "pytest>=8"
+	touch $@
+
+test-nerfstudio: $(NS_VENV)/.installed
+	$(NS_VENV)/bin/python -m pytest -q tests/nerfstudio
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(NS_VENV) outputs .pytest_cache .ruff_cache

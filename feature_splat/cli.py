@@ -36,6 +36,7 @@ from feature_splat.config import (
     EditConfig,
     EncodeConfig,
     EvalConfig,
+    ImportNsConfig,
     QueryConfig,
     RenderConfig,
     ViewConfig,
@@ -112,6 +113,7 @@ Command = (
     | Annotated[EditConfig, _sub("edit", "delete / extract / recolour what a prompt selects")]
     | Annotated[EncodeConfig, _sub("encode", "cache a teacher's features of every view")]
     | Annotated[ViewConfig, _sub("view", "open a run in the browser: prompts and edits")]
+    | Annotated[ImportNsConfig, _sub("import-ns", "a finished ns-train feature-splat run as a run")]
     | Annotated[GenCommands, _sub("gen", "feed-forward feature Gaussians (object mode)")]
     | Annotated[BenchCommands, _sub("bench", "benchmarks (never run as tests)")]
     | Annotated[WorldsCommands, _sub("worlds", "the built-in synthetic worlds")]
@@ -194,7 +196,7 @@ def _encode(config: EncodeConfig) -> None:
     import time
 
     from feature_splat.io.feature_cache import FeatureCache, encode_dataset
-    from feature_splat.run_folder import load_scene, make_teacher
+    from feature_splat.run_folder import load_scene, make_teacher, write_teacher_files
 
     train_config = config.train_config()
     dataset = load_scene(train_config)
@@ -205,10 +207,25 @@ def _encode(config: EncodeConfig) -> None:
         batch=config.batch,
     )  # fmt: skip
     cache = FeatureCache(config.cache_dir, teacher, config.pca)
-    folder, size = cache.folder_of(dataset.images), cache.size_bytes_of(dataset.images)
+    folder = cache.folder_of(dataset.images)
+    write_teacher_files(folder, teacher, dataset)  # what a run reading this folder needs to know
+    size = cache.size_bytes_of(dataset.images)
     _console().print(
         f"{len(dataset)} views in {folder}: {size / 2**20:.2f} MB, "
         f"{size / len(dataset) / 1024:.1f} KB per image ({time.perf_counter() - start:.1f} s)"
+    )
+
+
+def _import_ns(config: ImportNsConfig) -> None:
+    from feature_splat.nerfstudio.import_run import import_nerfstudio_run
+
+    folder, field = import_nerfstudio_run(
+        config.config, config.out, data=config.data, feature_cache=config.feature_cache,
+        features=config.features,
+    )  # fmt: skip
+    g = field.gaussians
+    _console().print(
+        f"imported {len(g):,} Gaussians ({g.feature_dim} feature channels) into {folder}"
     )
 
 
@@ -265,8 +282,8 @@ def _imported(target: str) -> Callable[[Any], Any]:
 
 RUNNERS: dict[type, Callable[[Any], Any]] = {
     TrainConfig: _train, EvalConfig: _eval, RenderConfig: _render, QueryConfig: _query,
-    EditConfig: _edit, EncodeConfig: _encode, ViewConfig: _view, WorldsListConfig: _worlds_list,
-    WorldsExportConfig: _worlds_export,
+    EditConfig: _edit, EncodeConfig: _encode, ViewConfig: _view, ImportNsConfig: _import_ns,
+    WorldsListConfig: _worlds_list, WorldsExportConfig: _worlds_export,
     DemoConfig: _imported("feature_splat.demo:run_demo"),
     GenTrainConfig: _imported("feature_splat.generalizable.training:run_training"),
     GenEvalConfig: _imported("feature_splat.generalizable.commands:run_eval"),

@@ -107,6 +107,24 @@ class RenderConfig:
 
 
 @dataclass
+class ImportNsConfig:
+    """Turn a finished `ns-train feature-splat` run into a run folder that query, edit, view,
+    render and eval open (runs in this environment; nerfstudio is not needed)."""
+
+    config: tyro.conf.Positional[Path]
+    """The nerfstudio run's config.yml (OUTPUT/<experiment>/feature-splat/<timestamp>/config.yml)."""
+    out: tyro.conf.Positional[Path]
+    """The run folder to write."""
+    data: Path | None = None
+    """The dataset folder, if not where the config says (relative paths there are relative to
+    the folder ns-train ran in: run import-ns from there, or give this)."""
+    feature_cache: Path | None = None
+    """The feature cache's teacher folder, if not where the config says."""
+    features: Path | None = None
+    """The feature-map folder of a --teacher precomputed cache."""
+
+
+@dataclass
 class ViewConfig:
     """Open a run folder in the browser: views, text and click prompts, edits."""
 

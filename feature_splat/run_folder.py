@@ -42,7 +42,13 @@ from feature_splat.io.outputs import output_kind, prepare_output
 from feature_splat.options import refuse_changed_settings
 from feature_splat.teachers import Teacher
 from feature_splat.teachers.factory import build_teacher
-from feature_splat.teachers.stored import TEACHER_RECORD, StoredTeacher, TeacherUnavailableError
+from feature_splat.teachers.stored import (
+    TEACHER_RECORD,
+    StoredTeacher,
+    TeacherUnavailableError,
+    vocabulary_of,
+    write_teacher_record,
+)
 from feature_splat.training.config import TrainConfig
 
 CONFIG_NAME = "config.json"
@@ -122,6 +128,18 @@ def make_teacher(config: TrainConfig, dataset: Dataset) -> Teacher | None:
         features=config.features,
         features_layout=config.features_layout,
     )
+
+
+def write_teacher_files(folder: Path, teacher: Teacher, dataset: Dataset) -> None:
+    """Save what commands need of ``teacher`` into ``folder`` (a run, or a feature cache):
+    ``teacher.npz`` with the text embeddings of the dataset's label names and the canonical
+    negatives (or of the precomputed labels), and for SAM its prompt decoder."""
+    from feature_splat.prompts.text import CANONICAL_NEGATIVES
+
+    vocabulary = vocabulary_of(teacher) or [*dataset.class_names, *CANONICAL_NEGATIVES]
+    write_teacher_record(folder / TEACHER_RECORD, teacher, vocabulary)
+    if teacher.name == "sam":  # point and box prompts then need no SAM weights
+        teacher.save_prompt_decoder(folder / SAM_DECODER_NAME)
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:

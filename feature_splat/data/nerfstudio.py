@@ -165,7 +165,8 @@ def export_nerfstudio(dataset: Dataset, out_dir: str | Path, *, overwrite: bool 
 
     Writes ``images/<name>.png``, ``masks/<name>.png`` (when the dataset has masks),
     ``points3D.ply`` (when it has points) and ``transforms.json`` with per-frame intrinsics,
-    OpenGL camera-to-world matrices and ``train_filenames`` / ``test_filenames``. ``<name>`` is
+    OpenGL camera-to-world matrices and ``train_filenames`` / ``test_filenames`` (and the same
+    held-out list as ``val_filenames``, which nerfstudio's trainer evaluates on). ``<name>`` is
     a safe, unique file name made from the view's name, so nothing lands outside ``out_dir``.
     Refuses a folder that already holds a ``transforms.json`` unless ``overwrite``.
     """
@@ -197,6 +198,7 @@ def export_nerfstudio(dataset: Dataset, out_dir: str | Path, *, overwrite: bool 
         "train_filenames": [frames[i]["file_path"] for i in dataset.train_indices],
         "test_filenames": [frames[i]["file_path"] for i in dataset.test_indices],
     }
+    meta["val_filenames"] = meta["test_filenames"]  # nerfstudio evaluates on its "val" split
     if dataset.points is not None:
         write_ply_points(out / "points3D.ply", dataset.points, dataset.point_colors)
         meta["ply_file_path"] = "points3D.ply"

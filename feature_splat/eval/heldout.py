@@ -161,7 +161,7 @@ def evaluate_run(run_dir: Path, allow_torchscript: bool = False) -> dict[str, ob
 
 # What training measured (not re-measured by evaluation, so kept in metrics.json by it).
 _TRAINING_FIGURES = ("gaussians", "iterations", "train_seconds", "seconds_per_iteration",
-                     "total_seconds", "teacher_config_id")  # fmt: skip
+                     "total_seconds", "teacher_config_id", "imported_from")  # fmt: skip
 
 
 def _read_metrics(path: Path) -> dict[str, object]:

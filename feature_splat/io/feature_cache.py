@@ -22,7 +22,7 @@ import torch
 from rich.progress import track
 from torch import Tensor
 
-from feature_splat.errors import ConfigError, InputShapeError
+from feature_splat.errors import CheckpointError, ConfigError, InputShapeError
 from feature_splat.io.files import write_npz
 from feature_splat.io.npz_cache import ArraySpec, read_cached
 from feature_splat.io.outputs import prepare_output
@@ -31,6 +31,7 @@ from feature_splat.teachers.base import Teacher
 CACHE_KIND = "feature-cache"
 
 FORMAT = 1
+PCA_NAME = "pca.npz"
 
 
 def image_hash(image: Tensor) -> str:
@@ -73,7 +74,7 @@ class FeatureCache:
         folder = self.folder_of(images)
         names = [f"{image_hash(image)}.npz" for image in images]
         if self.pca_dim is not None:
-            names.append("pca.npz")
+            names.append(PCA_NAME)
         return sum((folder / n).stat().st_size for n in names if (folder / n).is_file())
 
     def _ids(self, **more: object) -> dict[str, object]:
@@ -93,14 +94,14 @@ class FeatureCache:
     def _clear(self, folder: Path, keys: list[str]) -> None:
         for key in keys:
             (folder / f"{key}.npz").unlink(missing_ok=True)
-        (folder / "pca.npz").unlink(missing_ok=True)
+        (folder / PCA_NAME).unlink(missing_ok=True)
 
     # -- PCA ------------------------------------------------------------------------------------
     def _read_basis(self, folder: Path) -> tuple[Tensor, Tensor] | None:
         """The dataset's PCA (mean [M], basis [M, k]), or None if missing or not trustworthy."""
         dim, k = self.teacher.dim, self.pca_dim
         specs = {"mean": ArraySpec((dim,), finite=True), "basis": ArraySpec((dim, k), finite=True)}
-        arrays, _ = read_cached(folder / "pca.npz", self._ids(), specs)
+        arrays, _ = read_cached(folder / PCA_NAME, self._ids(), specs)
         if arrays is None:
             return None
         return tuple(torch.from_numpy(arrays[n].astype(np.float32)) for n in ("mean", "basis"))
@@ -109,7 +110,7 @@ class FeatureCache:
         mean = sample.mean(0)
         _, _, basis = torch.pca_lowrank(sample - mean, q=self.pca_dim, center=False, niter=6)
         ids = {name: np.array(value) for name, value in self._ids().items()}
-        write_npz(folder / "pca.npz", {**ids, "mean": mean.numpy(), "basis": basis.numpy()},
+        write_npz(folder / PCA_NAME, {**ids, "mean": mean.numpy(), "basis": basis.numpy()},
                   compress=False)  # fmt: skip
         return mean, basis
 
@@ -161,6 +162,54 @@ class FeatureCache:
             coefficients[i] = ((value - mean) @ vectors).half().float()
             self._write(folder / f"{keys[i]}.npz", keys[i], coefficients[i])
         return torch.stack([coefficients[i] @ vectors.T + mean for i in range(len(keys))])
+
+
+def pca_dim_of(folder: Path) -> int | None:
+    """The PCA width k of a cache folder's stored coefficients (None: full-width features)."""
+    path = folder / PCA_NAME
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return int(arrays["basis"].shape[-1])
+    except (OSError, ValueError, KeyError, IndexError) as err:
+        raise CheckpointError(f"{path}: not a PCA basis ({err})") from None
+
+
+def read_cache_folder(folder: Path, images: Tensor, names: list[str]) -> tuple[Teacher, Tensor]:
+    """The teacher record and the maps [V, h, w, M] of ``images`` [V, H, W, 3] (named ``names``)
+    in a cache folder that ``feature-splat encode`` filled, with no teacher at hand: where
+    another environment trains on the cache. A CheckpointError names the folder, and the first
+    image without a valid map."""
+    from feature_splat.teachers.stored import TEACHER_RECORD, StoredTeacher
+
+    record = folder / TEACHER_RECORD
+    if not record.is_file():
+        raise CheckpointError(
+            f"{folder}: no {TEACHER_RECORD}; expected a teacher folder of a feature cache, as "
+            f"`feature-splat encode DATA --cache-dir DIR` prints it (DIR/<teacher>-<hash>)"
+        )
+    teacher = StoredTeacher(record, lambda: None)
+    pca = folder / PCA_NAME
+    cache = FeatureCache(folder.parent, teacher, pca_dim_of(folder))
+    if cache.pca_dim is None and cache.root != folder:
+        raise CheckpointError(f"{record}: its teacher is not the one this folder's name is for")
+    basis = cache._read_basis(folder) if cache.pca_dim is not None else None
+    if cache.pca_dim is not None and basis is None:
+        raise CheckpointError(f"{pca}: not a PCA basis of this teacher's features")
+    channels = teacher.dim if basis is None else cache.pca_dim
+    maps = []
+    for image, name in zip(images, names, strict=True):
+        key = image_hash(image)
+        value = cache._read(folder / f"{key}.npz", key, channels)
+        if value is None:
+            raise CheckpointError(
+                f"{folder}: no valid features of image {name!r} (its pixels hash to {key[:12]}); "
+                f"encode this dataset's images into the cache: feature-splat encode DATA "
+                f"--teacher {teacher.name} --cache-dir {folder.parent}"
+            )
+        maps.append(value if basis is None else value @ basis[1].T + basis[0])
+    return teacher, torch.stack(maps)
 
 
 def encode_dataset(

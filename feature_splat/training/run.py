@@ -20,20 +20,18 @@ from feature_splat.field import FeatureField
 from feature_splat.io import write_json
 from feature_splat.io.feature_cache import encode_dataset
 from feature_splat.io.outputs import prepare_output
-from feature_splat.prompts.text import CANONICAL_NEGATIVES
 from feature_splat.run_folder import (
     METRICS_NAME,
     RUN_KIND,
-    SAM_DECODER_NAME,
     check_resume,
     holds_run,
     load_scene,
     make_teacher,
     resolved,
     write_manifest,
+    write_teacher_files,
 )
 from feature_splat.teachers import Teacher, grid_stride
-from feature_splat.teachers.stored import TEACHER_RECORD, vocabulary_of, write_teacher_record
 from feature_splat.training.config import TrainConfig
 from feature_splat.training.trainer import Trainer
 
@@ -92,10 +90,7 @@ def train(config: TrainConfig, console: Console | None = None) -> RunResult:
         teacher_maps = encode_dataset(
             teacher, dataset.images, config.cache_dir, config.teacher_pca, dataset_root=dataset.root
         )
-        vocabulary = vocabulary_of(teacher) or [*dataset.class_names, *CANONICAL_NEGATIVES]
-        write_teacher_record(out / TEACHER_RECORD, teacher, vocabulary)
-        if teacher.name == "sam":  # point and box prompts then need no SAM weights
-            teacher.save_prompt_decoder(out / SAM_DECODER_NAME)
+        write_teacher_files(out, teacher, dataset)
         trainer = Trainer(config, dataset, teacher_maps, teacher.dim, grid_stride(teacher))
     if config.resume and trainer.checkpoint_path.is_file():
         trainer.load_checkpoint()

@@ -26,10 +26,9 @@ from feature_splat.field import FeatureField
 from feature_splat.gaussians import GaussianField, num_sh_bases, rgb_to_sh0
 from feature_splat.io.checkpoints import read_checkpoint, write_checkpoint
 from feature_splat.near_field import NEAR_FIELD, find_veils, scene_scale
-from feature_splat.teachers import to_teacher_cells
 from feature_splat.training.config import MIN_IMAGE_SIDE, TrainConfig
 from feature_splat.training.loop import LiveControl, run_steps
-from feature_splat.training.losses import photometric_loss
+from feature_splat.training.losses import distillation_loss, photometric_loss
 
 CHECKPOINT_NAME = "checkpoint.pt"
 RAY_DEPTHS = (0.3, 1.7)
@@ -341,11 +340,10 @@ class Trainer:
         if self.teacher_maps is None:
             feature_loss = torch.zeros(())
         else:
-            target_map = self.teacher_maps[view].float()
-            cells = to_teacher_cells(
-                render.features[0].permute(2, 0, 1)[None], target_map.shape[:2], self.stride
-            )[0]
-            feature_loss = self.feature_loss(self.decoder(cells.permute(1, 2, 0)), target_map)
+            feature_loss = distillation_loss(
+                render.features[0], self.teacher_maps[view], self.decoder, self.stride,
+                config.feature_loss,
+            )  # fmt: skip
         loss = rgb_loss + config.feature_weight * feature_loss
 
         info = strategy_info(render.meta)
@@ -379,11 +377,6 @@ class Trainer:
         if veils.any():
             remove(self.params, self.optimizers, self.strategy_state, veils)
         return int(veils.sum())
-
-    def feature_loss(self, decoded: Tensor, target: Tensor) -> Tensor:
-        if self.config.feature_loss == "cosine":
-            return 1.0 - torch.nn.functional.cosine_similarity(decoded, target, dim=-1).mean()
-        return (decoded - target).abs().mean()
 
     # -- the loop -------------------------------------------------------------------------------
     def train(
