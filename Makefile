@@ -31,11 +31,11 @@ NS_VENV := .venv-ns
 
 $(NS_VENV)/.installed: pyproject.toml
 	test -x $(NS_VENV)/bin/python || $(PYTHON) -m venv $(NS_VENV)
-	$(NS_VENV)/bin/pip install --quiet -e ".[nerfstudio]" "pytest>=8"
+	$(NS_VENV)/bin/pip install --quiet -e ".[nerfstudio]" "pytest>=8" "playwright>=1.40"
 	touch $@
 
 test-nerfstudio: $(NS_VENV)/.installed
-	$(NS_VENV)/bin/python -m pytest -q tests/nerfstudio
+	$(NS_VENV)/bin/python -m pytest -q tests/nerfstudio_method
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

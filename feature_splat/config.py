@@ -115,9 +115,10 @@ class ImportNsConfig:
     """The nerfstudio run's config.yml (OUTPUT/<experiment>/feature-splat/<timestamp>/config.yml)."""
     out: tyro.conf.Positional[Path]
     """The run folder to write."""
-    data: Path | None = None
+    data: str | None = None
     """The dataset folder, if not where the config says (relative paths there are relative to
-    the folder ns-train ran in: run import-ns from there, or give this)."""
+    the folder ns-train ran in: run import-ns from there, or give this); or a built-in world's
+    name for a run trained on its export (then scored against the world's truth)."""
     feature_cache: Path | None = None
     """The feature cache's teacher folder, if not where the config says."""
     features: Path | None = None

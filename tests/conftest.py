@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -12,7 +13,5 @@ torch.set_num_threads(2)
 
 # The nerfstudio method's tests run in its own environment (`make test-nerfstudio`, .venv-ns);
 # this one has no nerfstudio, and they are not collected here.
-try:
-    import nerfstudio  # noqa: F401
-except ImportError:
-    collect_ignore_glob = ["nerfstudio/*"]
+if importlib.util.find_spec("nerfstudio") is None:
+    collect_ignore_glob = ["nerfstudio_method/*"]

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import PurePosixPath
 
+import numpy as np
 import pytest
 import torch
 from cli_errors import cli_error
@@ -136,8 +137,13 @@ def test_encode_command_fills_the_cache_once(tmp_path, monkeypatch, capsys) -> N
             "--height", "36", "--teacher-dim", "32"]  # fmt: skip
     main(args)
     (folder,) = [p for p in (tmp_path / "features").iterdir() if p.is_dir()]
-    files = sorted(folder.glob("*.npz"))
+    files = sorted(f for f in folder.glob("*.npz") if f.name != "teacher.npz")
     assert len(files) == 48
+    # The teacher's record beside the maps: what a run reading only this folder needs
+    # (ns-train feature-splat), its vocabulary's text embeddings included.
+    record = np.load(folder / "teacher.npz", allow_pickle=False)
+    assert {"mug", "object"} <= set(record["names"].tolist())  # a class, a canonical negative
+    assert record["embeddings"].shape[1] == 32
     stamps = [f.stat().st_mtime_ns for f in files]
     main(args)  # everything cached: nothing rewritten
     assert [f.stat().st_mtime_ns for f in files] == stamps

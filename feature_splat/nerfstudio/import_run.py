@@ -134,13 +134,14 @@ def import_nerfstudio_run(
     config_path: Path,
     out: Path,
     *,
-    data: Path | None = None,
+    data: str | Path | None = None,
     feature_cache: Path | None = None,
     features: Path | None = None,
     workdir: Path | None = None,
 ) -> tuple[Path, FeatureField]:
     """Write the run of nerfstudio's ``config_path`` as our run folder ``out``; returns the
-    folder and the field. ``data`` and ``feature_cache`` override the paths in the config
+    folder and the field. ``data`` (a folder, or a built-in world's name for a run trained on
+    its export) and ``feature_cache`` override the paths in the config
     (relative ones there are relative to ``workdir``, by default the current folder, where
     ns-train ran); ``features`` is the precomputed teacher's folder when that is the teacher."""
     config_path = Path(config_path)

@@ -54,16 +54,16 @@ from feature_splat.training.trainer import initial_gaussians, strategy_info
 from feature_splat.viewer.frames import TextPrompt, render_frame
 from feature_splat.visualize import PcaColours, heat_rgb
 
-RenderMode = Literal["pca", "relevancy", "similarity"]
+RenderMode = Literal["rgb", "pca", "relevancy", "similarity"]
 
 
 @dataclass
 class FeatureSplatModelConfig(SplatfactoModelConfig):
     """Splatfacto's settings, plus the feature channels, decoder and feature loss.
 
-    Defaults differ from splatfacto where our rasterizer or the CPU ask for it: no absgrad (so
-    gsplat's gradient threshold for plain gradients), a learned background as our trainer has,
-    and SH degree 1.
+    Defaults differ from splatfacto where our rasterizer or the CPU ask for it: no absgrad (and
+    our trainer's threshold for plain gradients), full resolution from the start, a learned
+    background as our trainer has, and SH degree 1.
     """
 
     _target: type = field(default_factory=lambda: FeatureSplatModel)
@@ -78,7 +78,10 @@ class FeatureSplatModelConfig(SplatfactoModelConfig):
     background_color: Literal["learned", "random", "black", "white"] = "learned"
     """learned: an optimised RGB + feature background, as `feature-splat train` has."""
     use_absgrad: bool = False
-    densify_grad_thresh: float = 0.0002
+    densify_grad_thresh: float = 0.0003
+    num_downscales: int = 0
+    """Splatfacto starts at 1/4 resolution (2); at the small images a CPU trains on, its
+    screen-size split then runs away (room at 128 x 96: 486k Gaussians in 1500 steps)."""
     sh_degree: int = 1
     init: InitName = "auto"
     """Initial Gaussians: the dataset's points (auto, when it has them), on the training rays at
@@ -157,16 +160,18 @@ class FeatureSplatModel(SplatfactoModel):
 
     def _setup_viewer_elements(self) -> None:
         has_text = self.teacher is not None and self.teacher.language_aligned
-        self.render_mode: RenderMode = "pca"
+        self.render_mode: RenderMode = "rgb"
         self.prompt = TextPrompt()
         self.clicked_feature: Tensor | None = None
         self._pca: tuple[int, PcaColours] | None = None
         self.viewer_control = ViewerControl()
         if self.decoder.in_dim == 0:
             return
-        modes = ["pca", "relevancy", "similarity"] if has_text else ["pca", "similarity"]
+        modes = ["rgb", "pca", "relevancy", "similarity"]
+        if not has_text:
+            modes.remove("relevancy")
         self.render_mode_element = ViewerDropdown(
-            "Render mode (output feature_view)", "pca", modes, cb_hook=self._on_mode
+            "Render mode", "rgb", modes, cb_hook=lambda element: self.show(element.value)
         )
         if has_text:
             self.text_element = ViewerText("Text prompt", "", cb_hook=self._on_text)
@@ -268,8 +273,10 @@ class FeatureSplatModel(SplatfactoModel):
     def _feature_view(
         self, field: FeatureField, cameras: Cameras, rgb: Tensor, features: Tensor
     ) -> Tensor:
-        """What the viewer's render mode shows [H, W, 3]: feature PCA, the text prompt's
+        """What the viewer's render mode shows [H, W, 3]: RGB, feature PCA, the text prompt's
         relevancy, or the similarity to the clicked point's feature."""
+        if self.render_mode == "rgb":
+            return rgb
         try:
             if self.render_mode == "relevancy" and self.teacher is not None:
                 frame = render_frame(
@@ -287,14 +294,24 @@ class FeatureSplatModel(SplatfactoModel):
         return self._pca[1](features).to(rgb)
 
     # -- viewer callbacks -----------------------------------------------------------------------
-    def _on_mode(self, element: ViewerDropdown) -> None:
-        self.render_mode = element.value
+    def show(self, mode: RenderMode) -> None:
+        """Switch the render mode, and the viewer's output to what it renders (``rgb`` for RGB,
+        ``feature_view`` for the others)."""
+        self.render_mode = mode
+        element = getattr(self, "render_mode_element", None)
+        if element is not None and element.value != mode:
+            element.value = mode
+        viewer = getattr(self.viewer_control, "viewer", None)
+        output = getattr(getattr(viewer, "control_panel", None), "_output_render", None)
+        wanted = "rgb" if mode == "rgb" else "feature_view"
+        if output is not None and wanted in output.options and output.value != wanted:
+            output.value = wanted
 
     def _on_text(self, _: ViewerText) -> None:
         negatives = tuple(n.strip() for n in self.negatives_element.value.split(",") if n.strip())
         self.prompt = TextPrompt(self.text_element.value.strip(), negatives or CANONICAL_NEGATIVES)
         if self.prompt.text:
-            self.render_mode = self.render_mode_element.value = "relevancy"
+            self.show("relevancy")
 
     def _arm_click(self, _: ViewerButton) -> None:
         self.viewer_control.register_pointer_cb("click", self._on_click)
@@ -310,9 +327,7 @@ class FeatureSplatModel(SplatfactoModel):
         """Prompt with the point where the ray ``origin + t direction`` meets the field: the
         viewer then shows every pixel's similarity to its feature."""
         self.clicked_feature = feature_on_ray(self.field(), origin, direction)
-        if hasattr(self, "render_mode_element"):
-            self.render_mode_element.value = "similarity"
-        self.render_mode = "similarity"
+        self.show("similarity")
 
     # -- losses and metrics ---------------------------------------------------------------------
     def _decoded(self, outputs: dict, batch: dict) -> tuple[Tensor, Tensor] | None:
