@@ -85,3 +85,26 @@ def test_pca_storage_is_smaller_and_keeps_the_segmentation(world, tmp_path) -> N
     assert per_image < full_bytes / 10  # plus one basis per dataset (pca.npz)
     with pytest.raises(InputShapeError, match="pca_dim"):
         FeatureCache(tmp_path, teacher, pca_dim=0)
+
+
+@pytest.mark.parametrize("pca", [None, 6])
+def test_a_cache_folder_is_read_without_the_teacher(world, tmp_path, pca) -> None:
+    """What another environment (ns-train feature-splat) reads: the maps `encode` stored and the
+    teacher record beside them, in any order of the images; a missing map names its image."""
+    from feature_splat.errors import CheckpointError
+    from feature_splat.io.feature_cache import read_cache_folder
+    from feature_splat.run_folder import write_teacher_files
+
+    teacher = SyntheticTeacher.for_dataset(world, dim=32, stride=8)
+    cache = FeatureCache(tmp_path, teacher, pca)
+    expected = cache.encode(world.images, show_progress=False)
+    folder = cache.folder_of(world.images)
+    write_teacher_files(folder, teacher, world)
+    order = torch.randperm(len(world), generator=torch.Generator().manual_seed(0))
+    names = [world.image_names[i] for i in order]
+    stored, maps = read_cache_folder(folder, world.images[order], names)
+    assert stored.config_id == teacher.config_id and stored.dim == 32
+    assert torch.allclose(maps, expected[order], atol=1e-6)
+    (folder / f"{image_hash(world.images[order[3]])}.npz").unlink()
+    with pytest.raises(CheckpointError, match=repr(names[3])):
+        read_cache_folder(folder, world.images[order], names)
