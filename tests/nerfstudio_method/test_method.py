@@ -252,6 +252,7 @@ def test_ns_export_writes_the_same_gaussians(trained: Path, scene: dict, tmp_pat
     shift, scale = torch.tensor(frame["transform"])[:, 3], frame["scale"]
     assert torch.allclose(standard.means, scale * (ours.means + shift), atol=1e-4)
     assert torch.allclose(standard.sh0, ours.sh0, atol=1e-5)
+    assert torch.allclose(standard.shN, ours.shN, atol=1e-5)  # 3DGS's channel-major f_rest
     assert torch.allclose(standard.logit_opacities, ours.logit_opacities, atol=1e-5)
 
 
