@@ -24,7 +24,7 @@ from feature_splat.cameras import Cameras
 from feature_splat.data import Dataset
 from feature_splat.errors import DatasetError
 from feature_splat.io.feature_cache import read_cache_folder
-from feature_splat.teachers import Teacher, grid_stride
+from feature_splat.teachers import Teacher
 
 SOURCE_KEY = "feature_splat"
 """Key of the :class:`FeatureSource` in the training dataset's metadata (the model's kwargs)."""
@@ -32,11 +32,10 @@ SOURCE_KEY = "feature_splat"
 
 @dataclass
 class FeatureSource:
-    """What the model needs from the data: the training views, the teacher and its grid."""
+    """What the model needs from the data: the training views and the teacher (None: RGB only)."""
 
     scene: Dataset
     teacher: Teacher | None
-    grid_stride: int | None
 
 
 @dataclass
@@ -73,21 +72,19 @@ class FeatureDataManager(FullImageDatamanager):
     def __init__(self, config: FeatureDataManagerConfig, *args, **kwargs) -> None:
         super().__init__(config, *args, **kwargs)
         train, evaluation = self.cached_train, self.cached_eval
-        teacher = None
+        train_images, teacher = _images(train), None
         if config.feature_cache is not None:
-            images = torch.cat([_images(train), _images(evaluation)])
+            images = torch.cat([train_images, _images(evaluation)])
             names = _names(self.train_dataset) + _names(self.eval_dataset)
             teacher, maps = read_cache_folder(Path(config.feature_cache), images, names)
             for entry, value in zip([*train, *evaluation], maps, strict=True):
                 entry["teacher_features"] = value.to(self.device)
-        stride = None if teacher is None else grid_stride(teacher)
-        source = FeatureSource(self._training_views(train), teacher, stride)
+        source = FeatureSource(self._training_views(train_images), teacher)
         self.train_dataset.metadata[SOURCE_KEY] = source
 
-    def _training_views(self, entries: list[dict]) -> Dataset:
+    def _training_views(self, images: torch.Tensor) -> Dataset:
         """The training views as our :class:`Dataset` (nerfstudio's frame, OpenCV cameras)."""
         cameras = self.train_dataset.cameras
-        images = _images(entries)
         height, width = images.shape[1:3]
         ours = Cameras.from_camtoworlds(
             cameras.camera_to_worlds.float().cpu(),

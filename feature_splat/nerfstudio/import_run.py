@@ -130,6 +130,24 @@ def _local_path(value: Any, base: Path, field: str, source: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def _model_state(checkpoint: Path) -> tuple[dict[str, Any], int]:
+    """The model's state dict in a nerfstudio checkpoint (keys without ``_model.``) and its step."""
+    saved = read_checkpoint(checkpoint, "nerfstudio checkpoint")
+    state = saved.get("pipeline") if isinstance(saved, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{checkpoint}: pipeline: expected the pipeline's state dict")
+    state = {key.removeprefix("module.").removeprefix("_model."): v for key, v in state.items()}
+    missing = [f"gauss_params.{n}" for n in SPLATFACTO_PARAMS if f"gauss_params.{n}" not in state]
+    if missing or "background" not in state:
+        raise CheckpointError(
+            f"{checkpoint}: missing {missing or ['background']} (not a feature-splat run)"
+        )
+    step = saved.get("step", 0)
+    if not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{checkpoint}: step: expected a whole number >= 0, got {step!r}")
+    return state, step
+
+
 def import_nerfstudio_run(
     config_path: Path,
     out: Path,
@@ -159,16 +177,7 @@ def import_nerfstudio_run(
         cache = _local_path(manager["feature_cache"], base, "pipeline.datamanager.feature_cache",
                             config_path)  # fmt: skip
     checkpoint = latest_checkpoint(run_dir)
-    saved = read_checkpoint(checkpoint, "nerfstudio checkpoint")
-    state = saved.get("pipeline") if isinstance(saved, dict) else None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{checkpoint}: pipeline: expected the pipeline's state dict")
-    state = {key.removeprefix("module.").removeprefix("_model."): v for key, v in state.items()}
-    missing = [f"gauss_params.{n}" for n in SPLATFACTO_PARAMS if f"gauss_params.{n}" not in state]
-    if missing or "background" not in state:
-        raise CheckpointError(
-            f"{checkpoint}: missing {missing or ['background']} (not a feature-splat run)"
-        )
+    state, step = _model_state(checkpoint)
     gaussians = gaussians_from_splatfacto(
         {n: state[f"gauss_params.{n}"].float() for n in SPLATFACTO_PARAMS}
     )
@@ -209,7 +218,7 @@ def import_nerfstudio_run(
             feature_dim=feature_dim,
             decoder="mlp" if hidden else "linear",
             decoder_hidden=tuple(hidden) or (128,),
-            iterations=int(saved.get("step", 0)) + 1,
+            iterations=step + 1,
             feature_loss=model.get("feature_loss", "l1"),
             feature_weight=float(model.get("feature_weight", 1.0)),
             sh_degree=int(model.get("sh_degree", gaussians.sh_degree)),

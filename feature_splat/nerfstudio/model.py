@@ -48,6 +48,7 @@ from feature_splat.nerfstudio.params import (
     splatfacto_params,
 )
 from feature_splat.prompts.text import CANONICAL_NEGATIVES
+from feature_splat.teachers import grid_stride
 from feature_splat.training.config import InitName, TrainConfig
 from feature_splat.training.losses import decode_at_cells, distillation_loss
 from feature_splat.training.trainer import initial_gaussians, strategy_info
@@ -106,7 +107,8 @@ class FeatureSplatModel(SplatfactoModel):
         """Splatfacto's modules, with our initial Gaussians (no CUDA, no downloads)."""
         config = self.config
         source: FeatureSource = self.kwargs["metadata"][SOURCE_KEY]
-        self.teacher, self.grid_stride = source.teacher, source.grid_stride
+        self.teacher = source.teacher
+        self.grid_stride = None if source.teacher is None else grid_stride(source.teacher)
         feature_dim = config.feature_dim if source.teacher is not None else 0
         self.scene_scale = scene_scale(source.scene.cameras)
         self.training_cameras = source.scene.cameras
