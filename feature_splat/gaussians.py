@@ -197,6 +197,40 @@ def quat_multiply(first: Tensor, second: Tensor) -> Tensor:
     )
 
 
+def _sphere_directions(count: int = 64) -> Tensor:
+    """``count`` well-spread unit directions [count, 3] float64 (a Fibonacci spiral)."""
+    k = torch.arange(count, dtype=torch.float64) + 0.5
+    z = 1.0 - 2.0 * k / count
+    phi = k * math.pi * (3.0 - math.sqrt(5.0))
+    ring = torch.sqrt(1.0 - z * z)
+    return torch.stack([ring * torch.cos(phi), ring * torch.sin(phi), z], dim=-1)
+
+
+def rotate_sh(shN: Tensor, rotation: Tensor) -> Tensor:
+    """SH bands 1..3 (``shN`` [..., K-1, 3], the layout of :attr:`GaussianField.shN`) of the
+    colour function turned by ``rotation`` R [3, 3]: ``colour_new(R d) = colour_old(d)``.
+
+    Each band l is closed under rotation, so its (2l+1)x(2l+1) matrix D_l with
+    ``Y_l(R d) D_l = Y_l(d)`` (basis values as row vectors) is found exactly, in float64, by least
+    squares over a fixed set of well-spread directions d; the new coefficients are ``D_l c``.
+    Band 0 (``sh0``) is invariant and not part of ``shN``.
+    """
+    degree = sh_degree_from_bases(shN.shape[-2] + 1)
+    if tuple(rotation.shape) != (3, 3):
+        raise InputShapeError(f"rotate_sh: rotation must be [3, 3], got {list(rotation.shape)}")
+    if degree == 0:
+        return shN.clone()
+    dirs = _sphere_directions()
+    turned = dirs @ rotation.detach().to("cpu", torch.float64).T  # R d, row by row
+    before, after = sh_basis(degree, dirs), sh_basis(degree, turned)
+    blocks = []
+    for band in range(1, degree + 1):
+        lo, hi = band * band, (band + 1) * (band + 1)
+        blocks.append(torch.linalg.lstsq(after[:, lo:hi], before[:, lo:hi]).solution)
+    matrix = torch.block_diag(*blocks).to(shN)  # [K-1, K-1]
+    return matrix @ shN
+
+
 @dataclass
 class GaussianField:
     """N Gaussians: raw parameters (see the module docstring) and their activations."""
@@ -325,6 +359,50 @@ class GaussianField:
         dirs = self.means[None] - camera_centers[:, None, :]
         dirs = torch.nn.functional.normalize(dirs, dim=-1)
         return sh_to_rgb(self.sh_coeffs[None].expand(dirs.shape[0], -1, -1, -1), dirs, degree)
+
+    # -- frames ---------------------------------------------------------------------------------
+    def transformed(self, rotation: Tensor, translation: Tensor, scale: float) -> GaussianField:
+        """The field moved by the similarity ``x' = scale * (R x) + translation``.
+
+        ``rotation`` R [3, 3] must be a proper rotation (R^T R = I and det R = +1, to 1e-4),
+        ``translation`` [3] finite, ``scale`` positive and finite. Means are mapped, scales
+        multiplied by ``scale``, orientations composed with R, the higher SH bands turned with R
+        (:func:`rotate_sh`), so the field renders from a camera moved the same way as this one
+        does from the original camera. Opacities, DC colours and features are unchanged.
+        """
+        if tuple(rotation.shape) != (3, 3) or tuple(translation.shape) != (3,):
+            raise InputShapeError(
+                f"GaussianField.transformed: expected rotation [3, 3] and translation [3], got "
+                f"{list(rotation.shape)} and {list(translation.shape)}"
+            )
+        rot = rotation.detach().to("cpu", torch.float64)
+        shift = translation.detach().to("cpu", torch.float64)
+        if not (torch.isfinite(rot).all() and torch.isfinite(shift).all()):
+            raise InputShapeError(
+                "GaussianField.transformed: rotation and translation must be finite"
+            )
+        error = (rot.T @ rot - torch.eye(3, dtype=torch.float64)).abs().max().item()
+        determinant = torch.linalg.det(rot).item()
+        if not (error <= 1e-4 and abs(determinant - 1.0) <= 1e-4):
+            raise InputShapeError(
+                f"GaussianField.transformed: rotation is not a proper rotation (max |R^T R - I| "
+                f"= {error:.2g}, det = {determinant:.6g}; expected 0 and +1)"
+            )
+        if not (math.isfinite(float(scale)) and float(scale) > 0):
+            raise InputShapeError(
+                f"GaussianField.transformed: scale must be positive and finite, got {scale}"
+            )
+        scale = float(scale)
+        means = self.means.to(torch.float64)  # float64 for the map, back to the field's dtype
+        moved = scale * means @ rot.to(means.device).T + shift.to(means.device)
+        turn = rotmat_to_quat(rot).to(self.quats)
+        return replace(
+            self,
+            means=moved.to(self.means),
+            quats=quat_multiply(turn.expand_as(self.quats), self.quats),
+            log_scales=self.log_scales + math.log(scale),
+            shN=rotate_sh(self.shN, rot),
+        )
 
     # -- structure ------------------------------------------------------------------------------
     def __getitem__(self, index: int | slice | Tensor) -> GaussianField:

@@ -1,9 +1,10 @@
 """`feature-splat import-ns` on nerfstudio run folders this test writes itself (no nerfstudio).
 
 The folder mimics what ``ns-train feature-splat`` writes: a ``config.yml`` with Python tags, a
-``dataparser_transforms.json`` that centres and scales, and a checkpoint with optimiser and
-scheduler states beside the pipeline's. The truth is analytic: the Gaussians are made in the dataset's frame and
-moved into nerfstudio's, so the import must give them back, and render as they did.
+``dataparser_transforms.json`` that centres and scales (and, in one test, rotates), and a
+checkpoint with optimiser and scheduler states beside the pipeline's. The truth is analytic: the
+Gaussians are made in the dataset's frame and moved into nerfstudio's, so the import must give
+them back, and render as they did.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from feature_splat.data.nerfstudio import export_nerfstudio
 from feature_splat.data.synthetic import load_world
 from feature_splat.decoders import SpeedUpDecoder
 from feature_splat.field import FeatureField
-from feature_splat.gaussians import GaussianField
+from feature_splat.gaussians import GaussianField, quat_to_rotmat
 from feature_splat.io.feature_cache import FeatureCache
 from feature_splat.nerfstudio.import_run import import_nerfstudio_run, read_nerfstudio_config
 from feature_splat.nerfstudio.params import splatfacto_params
@@ -74,6 +75,19 @@ def _world_gaussians(n: int = 300) -> GaussianField:
     )
 
 
+def _write_checkpoint(
+    run_dir: Path, moved: GaussianField, decoder: SpeedUpDecoder, background: torch.Tensor
+) -> None:
+    state = {f"_model.gauss_params.{k}": v for k, v in splatfacto_params(moved).items()}
+    state |= {f"_model.decoder.{k}": v for k, v in decoder.state_dict().items()}
+    state["_model.background"] = background
+    torch.save(
+        {"step": 99, "pipeline": state,
+         "schedulers": {"means": {"_last_lr": [1.6e-4], "base_lrs": [1.6e-4]}}},
+        run_dir / "nerfstudio_models" / "step-000000099.ckpt",
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def ns_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A nerfstudio run folder of room (exported), its feature cache, and the truth."""
@@ -101,14 +115,7 @@ def ns_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (run_dir / "dataparser_transforms.json").write_text(
         json.dumps({"transform": transform.tolist(), "scale": SCALE})
     )
-    state = {f"_model.gauss_params.{k}": v for k, v in splatfacto_params(moved).items()}
-    state |= {f"_model.decoder.{k}": v for k, v in decoder.state_dict().items()}
-    state["_model.background"] = background
-    torch.save(
-        {"step": 99, "pipeline": state,
-         "schedulers": {"means": {"_last_lr": [1.6e-4], "base_lrs": [1.6e-4]}}},
-        run_dir / "nerfstudio_models" / "step-000000099.ckpt",
-    )  # fmt: skip
+    _write_checkpoint(run_dir, moved, decoder, background)
     return {"root": root, "config": run_dir / "config.yml", "world": world, "moved": moved,
             "gaussians": gaussians, "decoder": decoder, "background": background}  # fmt: skip
 
@@ -158,6 +165,39 @@ def test_imported_run_answers_commands(ns_run: dict, tmp_path: Path, capsys) -> 
     assert {"psnr", "feature_cosine"} <= set(metrics) and "imported_from" in metrics
 
 
+def test_import_undoes_a_rotation(ns_run: dict, tmp_path: Path) -> None:
+    # A run nerfstudio re-oriented (orientation-method up): x_ns = s (R x + t) with a rotation.
+    rotation = quat_to_rotmat(torch.tensor([0.8, 0.3, -0.4, 0.35], dtype=torch.float64))
+    copy = _copy_run(ns_run, tmp_path)
+    transform = torch.cat([rotation, SHIFT[:, None]], dim=1)
+    (copy / "dataparser_transforms.json").write_text(
+        json.dumps({"transform": transform.tolist(), "scale": SCALE})
+    )
+    truth = ns_run["gaussians"]
+    moved = truth.transformed(rotation, SCALE * SHIFT, SCALE)
+    _write_checkpoint(copy, moved, ns_run["decoder"], ns_run["background"])
+    _, field = import_nerfstudio_run(copy / "config.yml", tmp_path / "run")
+    got = field.gaussians
+    assert torch.allclose(got.means, truth.means, atol=1e-5)
+    assert torch.allclose(got.log_scales, truth.log_scales, atol=1e-5)
+    assert torch.allclose(quat_to_rotmat(got.quats), quat_to_rotmat(truth.quats), atol=1e-5)
+    assert torch.allclose(got.shN, truth.shN, atol=1e-5)
+    assert torch.equal(got.features, truth.features)
+    # The dataset camera, moved into nerfstudio's frame (orientation R Rc, centre s (R c + t)),
+    # sees the trained field as the dataset camera sees the imported one.
+    camera = ns_run["world"].cameras[5]
+    camtoworld = camera.camtoworlds.double().clone()
+    camtoworld[:, :3, :3] = rotation @ camtoworld[:, :3, :3]
+    camtoworld[:, :3, 3] = SCALE * (camtoworld[:, :3, 3] @ rotation.T + SHIFT)
+    moved_camera = Cameras(torch.linalg.inv(camtoworld).float(), camera.Ks, WIDTH, HEIGHT)
+    near = field.near_plane
+    theirs = FeatureField(moved, ns_run["decoder"], ns_run["background"], 1, near * SCALE)
+    ours, expected = field.render(camera), theirs.render(moved_camera)
+    assert float(ours.alpha.mean()) > 0.05
+    assert torch.allclose(ours.rgb, expected.rgb, atol=2e-4)
+    assert torch.allclose(ours.features, expected.features, atol=2e-4)
+
+
 def _copy_run(ns_run: dict, tmp_path: Path) -> Path:
     source = ns_run["config"].parent
     target = tmp_path / "copy"
@@ -172,10 +212,13 @@ def test_refusals_name_the_file(ns_run: dict, tmp_path: Path, capsys, monkeypatc
     monkeypatch.chdir(tmp_path)
     copy = _copy_run(ns_run, tmp_path)
     transforms = copy / "dataparser_transforms.json"
-    rotated = {"transform": [[0, -1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]], "scale": 1.0}
-    transforms.write_text(json.dumps(rotated))
+    sheared = {"transform": [[1, 0.5, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], "scale": 1.0}
+    transforms.write_text(json.dumps(sheared))
     line = cli_error(["import-ns", str(copy / "config.yml"), "out"], capsys)
-    assert str(transforms) in line and "orientation-method none" in line
+    assert str(transforms) in line and "transform" in line and "sheared" in line
+    transforms.write_text(json.dumps({"transform": sheared["transform"][:2], "scale": 0}))
+    line = cli_error(["import-ns", str(copy / "config.yml"), "out"], capsys)
+    assert str(transforms) in line and "transform" in line
     transforms.write_text((ns_run["config"].parent / transforms.name).read_text())
 
     class RunsCode:

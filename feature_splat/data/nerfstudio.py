@@ -1,5 +1,10 @@
 """Read and write nerfstudio ``transforms.json`` datasets with distortion-free pinhole cameras.
 
+``dataparser_transforms.json`` (written by nerfstudio's trainer beside a run's ``config.yml``)
+records how its data parser moved the dataset's frame: ``x_ns = scale * (R x + t)``;
+:func:`read_dataparser_transform` reads it and :func:`gaussians_to_dataset_frame` maps a field
+trained in nerfstudio's frame back to the dataset's cameras.
+
 Image names: each view is named by its image's path relative to the dataset folder, without the
 extension (``images/frame_0001``); exporters write a view under a safe, unique file name made from
 the last part of that name.
@@ -8,6 +13,7 @@ the last part of that name.
 from __future__ import annotations
 
 import logging
+import math
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +46,7 @@ from feature_splat.data.files import (
     write_mask_png,
 )
 from feature_splat.errors import DatasetError
+from feature_splat.gaussians import GaussianField
 from feature_splat.io.files import write_json, write_png
 from feature_splat.io.names import view_file_names
 from feature_splat.io.ply import read_ply_points, write_ply_points
@@ -47,6 +54,9 @@ from feature_splat.io.ply import read_ply_points, write_ply_points
 _log = logging.getLogger(__name__)
 _PINHOLE_MODELS = ("PINHOLE", "OPENCV")
 _DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+# How far the rotation block of dataparser_transforms.json may be from orthonormal, max |R^T R - I|
+# (as strict as GaussianField.transformed, which applies it; nerfstudio writes float32 values).
+_FRAME_ROTATION_TOLERANCE = 1e-4
 
 
 def load_nerfstudio(
@@ -285,3 +295,62 @@ def _split(
     refuse_repeated_views(lists)
     train, test = ([position[entry] for entry in entries] for _, entries in lists)
     return train, test
+
+
+def read_dataparser_transform(path: str | Path) -> tuple[Tensor, Tensor, float]:
+    """(R [3, 3], t [3], s) float64 from nerfstudio's ``dataparser_transforms.json``, which maps a
+    dataset point x to nerfstudio's frame as ``x_ns = s * (R x + t)``.
+
+    ``transform`` must be 3 rows of 4 finite numbers ``[R | t]`` with R a proper rotation
+    (max |R^T R - I| <= 1e-4, det > 0), ``scale`` a positive finite number; otherwise a
+    DatasetError names the file and the field.
+    """
+    path = Path(path)
+    try:
+        record = read_json(path)
+    except DatasetError as error:  # read_json names the file by its name only: give the path
+        message = str(error)
+        if not message.startswith(str(path)):
+            message = f"{path}: {message.removeprefix(f'{path.name}: ')}"
+        raise DatasetError(message) from None
+    where = f"{path}: transform"
+    value = record.get("transform")
+    expected = "expected 3 rows of 4 numbers [R | t]"
+    if value is None:
+        raise DatasetError(f"{where}: missing, {expected}")
+    if not isinstance(value, list) or len(value) != 3:
+        raise DatasetError(f"{where}: {expected}, got {shown(value)}")
+    for r, row in enumerate(value):
+        if not isinstance(row, list) or len(row) != 4:
+            raise DatasetError(f"{where}: {expected}, but row {r} is {shown(row)}")
+        for x in row:
+            as_number(x, f"{where}[{r}]")
+    matrix = torch.tensor([[float(x) for x in row] for row in value], dtype=torch.float64)
+    rotation, translation = matrix[:, :3], matrix[:, 3]
+    error = (rotation.T @ rotation - torch.eye(3, dtype=torch.float64)).abs().max().item()
+    if not error <= _FRAME_ROTATION_TOLERANCE:
+        raise DatasetError(
+            f"{where}: the rotation block is scaled or sheared (R^T R differs from I by "
+            f"{error:.2g}); expected a rotation (the scale goes in 'scale')"
+        )
+    determinant = torch.linalg.det(rotation).item()
+    if determinant <= 0:
+        raise DatasetError(
+            f"{where}: the rotation block is a reflection (determinant {determinant:.3g}); "
+            f"expected a proper rotation (determinant +1)"
+        )
+    scale = as_number(record.get("scale"), f"{path}: scale")
+    if scale <= 0:
+        raise DatasetError(f"{path}: scale: expected a positive number, got {scale:g}")
+    if not math.isfinite(1.0 / scale):  # a subnormal scale cannot be inverted
+        raise DatasetError(f"{path}: scale: {scale:g} is too small to invert")
+    return rotation, translation, scale
+
+
+def gaussians_to_dataset_frame(gaussians: GaussianField, path: str | Path) -> GaussianField:
+    """``gaussians`` trained in nerfstudio's frame, moved back to the dataset's frame (where its
+    cameras are) by inverting the map in ``dataparser_transforms.json`` at ``path``:
+    ``x = R^T (x_ns / s - t)``. Orientations and SH colours turn with R^T."""
+    rotation, translation, scale = read_dataparser_transform(path)
+    inverse = rotation.T
+    return gaussians.transformed(inverse, -(inverse @ translation), 1.0 / scale)

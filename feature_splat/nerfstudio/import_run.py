@@ -2,30 +2,29 @@
 
 Reads the run's ``config.yml`` (YAML with Python tags, read as plain data: nothing is
 constructed from it), its newest checkpoint (``weights_only``), ``dataparser_transforms.json``
-and the teacher record of its feature cache; maps the Gaussians from nerfstudio's centred and
-scaled frame back to the dataset's; and writes a run folder that ``query``, ``edit``, ``view``,
-``render`` and ``eval`` open. Imports nothing from nerfstudio, so it runs in the main
-environment, where the teachers are.
+and the teacher record of its feature cache; maps the Gaussians from nerfstudio's centred, scaled
+and (with an orientation method) rotated frame back to the dataset's, turning their orientations
+and SH colours with the rotation
+(:func:`~feature_splat.data.nerfstudio.gaussians_to_dataset_frame`); and writes a run folder that
+``query``, ``edit``, ``view``, ``render`` and ``eval`` open. Imports nothing from nerfstudio, so
+it runs in the main environment, where the teachers are.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import re
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
+from feature_splat.data.nerfstudio import gaussians_to_dataset_frame
 from feature_splat.decoders import SpeedUpDecoder
 from feature_splat.errors import CheckpointError
 from feature_splat.field import FeatureField
 from feature_splat.io import atomic_write_bytes, write_json
 from feature_splat.io.checkpoints import read_checkpoint
 from feature_splat.io.feature_cache import pca_dim_of
-from feature_splat.io.files import read_json_object
 from feature_splat.io.outputs import prepare_output
 from feature_splat.near_field import scene_scale
 from feature_splat.nerfstudio.params import (
@@ -101,27 +100,6 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return max(found)[1]
 
 
-def _frame(run_dir: Path) -> tuple[torch.Tensor, float]:
-    """The translation t and scale s that took the dataset's frame to nerfstudio's
-    (x_ns = s (x + t)); a rotation is refused, since the SH colours would have to turn with it."""
-    path = run_dir / TRANSFORMS_NAME
-    record = read_json_object(path)
-    try:
-        transform = torch.tensor(record["transform"], dtype=torch.float64)
-        scale = float(record["scale"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: expected 'transform' [3, 4] and 'scale' ({err})") from None
-    if transform.shape != (3, 4) or not math.isfinite(scale) or scale <= 0:
-        raise CheckpointError(f"{path}: expected 'transform' [3, 4] and a positive 'scale'")
-    if not torch.allclose(transform[:, :3], torch.eye(3, dtype=torch.float64), atol=1e-6):
-        raise CheckpointError(
-            f"{path}: the run was re-oriented (transform has a rotation); import-ns maps back "
-            f"centring and scaling only: train with "
-            f"--pipeline.datamanager.dataparser.orientation-method none (the method's default)"
-        )
-    return transform[:, 3], scale
-
-
 def _local_path(value: Any, base: Path, field: str, source: Path) -> Path:
     """A path from the config: as stored if absolute, else relative to ``base`` (where ns-train ran)."""
     if not isinstance(value, str) or not value:
@@ -181,12 +159,7 @@ def import_nerfstudio_run(
     gaussians = gaussians_from_splatfacto(
         {n: state[f"gauss_params.{n}"].float() for n in SPLATFACTO_PARAMS}
     )
-    translation, scale = _frame(run_dir)
-    gaussians = dataclasses.replace(
-        gaussians,
-        means=gaussians.means / scale - translation.float(),
-        log_scales=gaussians.log_scales - math.log(scale),
-    )
+    gaussians = gaussians_to_dataset_frame(gaussians, run_dir / TRANSFORMS_NAME)
     gaussians.check_finite()
     feature_dim = gaussians.feature_dim
     teacher = None
