@@ -38,6 +38,7 @@ _TYPE_SIZES = {
 _HEADER_LIMIT = 1 << 20  # a header longer than this is refused
 _GAUSSIAN_PROPERTIES = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0",
                         "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")  # fmt: skip
+_REST_COUNTS = tuple(3 * ((degree + 1) ** 2 - 1) for degree in range(4))  # f_rest_*: 0 9 24 45
 
 
 def _columns(n_rest: int, n_feat: int) -> list[str]:
@@ -173,8 +174,8 @@ def read_ply(path: str | Path) -> GaussianField:
     """Read a 3DGS PLY (with or without ``f_feat_*``) into a :class:`GaussianField`.
 
     A PLY with no vertices gives an empty field. Anything malformed (not a PLY, a truncated body,
-    missing, misnumbered or list-typed properties, NaN or infinite values) raises a
-    CheckpointError naming the file and the property.
+    missing, misnumbered or list-typed properties, an f_rest_* count of no SH degree 0..3, NaN or
+    infinite values) raises a CheckpointError naming the file and the property.
     """
     path = Path(path)
     where = str(path)
@@ -198,6 +199,11 @@ def read_ply(path: str | Path) -> GaussianField:
         raise CheckpointError(
             f"{path}: {len(rest_names)} f_rest_* properties is not a multiple of 3"
         )
+    if len(rest_names) not in _REST_COUNTS:
+        raise CheckpointError(
+            f"{path}: {len(rest_names)} f_rest_* properties; expected 0, 9, 24 or 45 "
+            "(3 colour channels x ((degree + 1)^2 - 1) for an SH degree 0..3)"
+        )
     columns = [*_GAUSSIAN_PROPERTIES, *rest_names, *feature_names]
     table = torch.from_numpy(_vertex_columns(ply, columns, where, CheckpointError))
     n, k = table.shape[0], len(_GAUSSIAN_PROPERTIES)
@@ -212,7 +218,7 @@ def read_ply(path: str | Path) -> GaussianField:
             shN=rest.transpose(1, 2).contiguous(),
             features=table[:, k + len(rest_names) :].clone(),
         )
-    except FeatureSplatError as err:  # e.g. an SH width that is no degree 0..3
+    except FeatureSplatError as err:  # a shape the checks above let through
         raise CheckpointError(f"{path}: {err}") from None
 
 
