@@ -25,6 +25,8 @@ from typing import Annotated, Any
 import tyro
 
 from feature_splat.bench.config import (
+    LiftBenchConfig,
+    LiftScaleBenchConfig,
     PromptBenchConfig,
     RasterBenchConfig,
     SamBenchConfig,
@@ -49,6 +51,7 @@ from feature_splat.generalizable.config import (
     GenPredictConfig,
     GenTrainConfig,
 )
+from feature_splat.lifting.config import LiftConfig
 from feature_splat.training.config import TrainConfig
 
 EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
@@ -101,6 +104,10 @@ class BenchCommands:
         | Annotated[SamBenchConfig, _sub("sam", "SAM from any view vs the image encoder", True)]
         | Annotated[SpeedupBenchConfig, _sub("speedup", "speed-up decoder vs the full width", True)]
         | Annotated[ViewerBenchConfig, _sub("viewer", "viewer frame and click times", True)]
+        | Annotated[LiftBenchConfig, _sub("lift", "lifting vs distillation on the same 3DGS", True)]
+        | Annotated[
+            LiftScaleBenchConfig, _sub("lift-scale", "lifting time and memory at scale", True)
+        ]
     )
 
 
@@ -111,6 +118,9 @@ Command = (
     | Annotated[RenderConfig, _sub("render", "render a run's field at dataset views or an orbit")]
     | Annotated[QueryConfig, _sub("query", "text or SAM prompts on a run: maps, 3D selection")]
     | Annotated[EditConfig, _sub("edit", "delete / extract / recolour what a prompt selects")]
+    | Annotated[
+        LiftConfig, _sub("lift", "features onto Gaussians you have (a 3DGS PLY), no training")
+    ]
     | Annotated[EncodeConfig, _sub("encode", "cache a teacher's features of every view")]
     | Annotated[ViewConfig, _sub("view", "open a run in the browser: prompts and edits")]
     | Annotated[ImportNsConfig, _sub("import-ns", "a finished ns-train feature-splat run as a run")]
@@ -141,6 +151,12 @@ def _train(config: TrainConfig) -> None:
     from feature_splat.training.run import train
 
     _print_metrics(train(config).metrics, f"run folder: {config.out}")
+
+
+def _lift(config: LiftConfig) -> None:
+    from feature_splat.lifting.run import lift
+
+    _print_metrics(lift(config), f"run folder: {config.out}")
 
 
 def _eval(config: EvalConfig) -> None:
@@ -284,7 +300,7 @@ RUNNERS: dict[type, Callable[[Any], Any]] = {
     TrainConfig: _train, EvalConfig: _eval, RenderConfig: _render, QueryConfig: _query,
     EditConfig: _edit, EncodeConfig: _encode, ViewConfig: _view, ImportNsConfig: _import_ns,
     WorldsListConfig: _worlds_list, WorldsExportConfig: _worlds_export,
-    DemoConfig: _imported("feature_splat.demo:run_demo"),
+    DemoConfig: _imported("feature_splat.demo:run_demo"), LiftConfig: _lift,
     GenTrainConfig: _imported("feature_splat.generalizable.training:run_training"),
     GenEvalConfig: _imported("feature_splat.generalizable.commands:run_eval"),
     GenPredictConfig: _imported("feature_splat.generalizable.commands:run_predict"),
@@ -294,6 +310,8 @@ RUNNERS: dict[type, Callable[[Any], Any]] = {
     SamBenchConfig: _imported("feature_splat.bench.sam:run_sam_bench"),
     SpeedupBenchConfig: _imported("feature_splat.bench.speedup:run_speedup_bench"),
     ViewerBenchConfig: _imported("feature_splat.bench.viewer:run_viewer_bench"),
+    LiftBenchConfig: _imported("feature_splat.bench.lift:run_lift_bench"),
+    LiftScaleBenchConfig: _imported("feature_splat.bench.lift:run_lift_scale_bench"),
 }  # fmt: skip
 
 

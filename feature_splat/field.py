@@ -48,6 +48,29 @@ class FeatureField:
     sh_degree: int
     near_plane: float = 0.01
     """Gaussians closer to the camera (camera-space depth, scene units) are not rendered."""
+    unseen: Tensor | None = None
+    """[N] bool, or None: Gaussians whose features rest on too little evidence (lifting flags
+    those the training views barely see); they render, but selections leave them out."""
+
+    def __post_init__(self) -> None:
+        if self.unseen is not None and (
+            self.unseen.dtype != torch.bool or self.unseen.shape != (len(self.gaussians),)
+        ):
+            raise InputShapeError(
+                f"unseen: expected a bool mask [{len(self.gaussians)}], got "
+                f"{self.unseen.dtype} {list(self.unseen.shape)}"
+            )
+
+    def selectable(self) -> Tensor:
+        """[N] bool: the Gaussians selections may include (all but the ``unseen``)."""
+        if self.unseen is None:
+            return torch.ones(len(self.gaussians), dtype=torch.bool)
+        return ~self.unseen
+
+    def subset(self, keep: Tensor) -> FeatureField:
+        """The field with only the Gaussians ``keep`` (a bool mask or indices) selects."""
+        unseen = None if self.unseen is None else self.unseen[keep]
+        return replace(self, gaussians=self.gaussians[keep], unseen=unseen)
 
     def render(
         self,
@@ -120,6 +143,7 @@ class FeatureField:
             gaussians=gaussians,
             decoder=copy.deepcopy(self.decoder),
             background=self.background.detach().clone(),
+            unseen=None if self.unseen is None else self.unseen.clone(),
         )
 
     def decode(self, features: Tensor) -> Tensor:
@@ -137,6 +161,8 @@ class FeatureField:
             "sh_degree": self.sh_degree,
             "near_plane": self.near_plane,
         }
+        if self.unseen is not None:
+            saved["unseen"] = self.unseen.cpu()
         write_checkpoint(run_dir / DECODER_NAME, saved)
 
     @classmethod
@@ -172,4 +198,13 @@ class FeatureField:
             raise CheckpointError(
                 f"{path}: near_plane: expected a positive distance, got {near_plane!r}"
             )
-        return cls(gaussians, decoder, background.float(), sh_degree, near_plane)
+        unseen = saved.get("unseen")
+        if unseen is not None and (
+            not isinstance(unseen, Tensor)
+            or unseen.dtype != torch.bool
+            or unseen.shape != (len(gaussians),)
+        ):
+            raise CheckpointError(
+                f"{path}: unseen: expected a bool mask of {len(gaussians)} Gaussians (the PLY's)"
+            )
+        return cls(gaussians, decoder, background.float(), sh_degree, near_plane, unseen)

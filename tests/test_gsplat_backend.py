@@ -51,3 +51,22 @@ def test_gsplat_matches_reference(dim: int) -> None:
     grads = torch.autograd.grad(out.features.sum() + out.alpha.sum(), cuda)
     for got, want in zip(grads, ref_grads, strict=True):
         assert float((got.cpu() - want).norm() / want.norm().clamp_min(1e-12)) < 1e-2
+
+
+@pytest.mark.parametrize(("dim", "stride"), [(3, 8), (130, None)])
+def test_gsplat_accumulation_matches_the_cpu_kernel(dim: int, stride: int | None) -> None:
+    from feature_splat.rasterizer import accumulate
+
+    scene = random_scene(n=250, dim=1, width=37, height=29, n_cameras=2, seed=dim)
+    values = torch.randn(2, 4, 5, dim, generator=torch.Generator().manual_seed(dim))
+    means, quats, scales, opacities, _, viewmats, Ks, width, height = scene.args()
+    cpu = accumulate(
+        means, quats, scales, opacities, viewmats, Ks, width, height, values, stride=stride,
+        near_plane=NEAR, backend="cpu",
+    )  # fmt: skip
+    cuda = accumulate(
+        means.cuda(), quats.cuda(), scales.cuda(), opacities.cuda(), viewmats.cuda(), Ks.cuda(),
+        width, height, values.cuda(), stride=stride, near_plane=NEAR, backend="gsplat",
+    )  # fmt: skip
+    torch.testing.assert_close(cuda.weights.cpu(), cpu.weights, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cuda.sums.cpu(), cpu.sums, atol=1e-4, rtol=1e-4)

@@ -145,3 +145,52 @@ class ViewerBenchConfig:
         check_int(self.threads, "threads", 1, 1024)
         if self.run is None and self.gaussians == 0:
             raise ConfigError("bench viewer: give --run, or --gaussians above 0")
+
+
+@dataclass
+class LiftBenchConfig:
+    """Lifting against distillation on the same RGB Gaussians of each built-in world."""
+
+    worlds: tuple[str, ...] = ("room", "tabletop", "street")
+    feature_dim: int = 64
+    """F of every field (the demo's)."""
+    iterations: int = 1500
+    """Training of the RGB Gaussians, and of both distillations (the demo's)."""
+    refine: int = 300
+    """Distillation iterations of lift + refine."""
+    solve_iterations: int = 1
+    """Solver steps of the lift + solve case."""
+    out: Path = Path("outputs/bench_lift")
+
+    def __post_init__(self) -> None:
+        for world in self.worlds:
+            check_text(world, "worlds")
+        check_int(self.feature_dim, "feature_dim", 1, 4096)
+        check_int(self.iterations, "iterations", 1, 10**8)
+        check_int(self.refine, "refine", 1, 10**8)
+        check_int(self.solve_iterations, "solve_iterations", 1, 1000)
+
+
+@dataclass
+class LiftScaleBenchConfig:
+    """Lifting time and peak memory for many Gaussians and a wide teacher (random scene)."""
+
+    gaussians: int = 1_000_000
+    teacher_dim: int = 512
+    size: int = 256
+    """Square image side in pixels."""
+    views: int = 4
+    stride: int = 8
+    """Teacher cell size in pixels."""
+    feature_dim: int = 16
+    threads: int = 2
+    out: Path = Path("outputs/bench_lift_scale")
+
+    def __post_init__(self) -> None:
+        check_int(self.gaussians, "gaussians", 1, 10**8)
+        check_int(self.teacher_dim, "teacher_dim", 1, 4096)
+        check_int(self.size, "size", 16, 4096)
+        check_int(self.views, "views", 1, 1000)
+        check_int(self.stride, "stride", 1, 256)
+        check_int(self.feature_dim, "feature_dim", 1, self.teacher_dim)
+        check_int(self.threads, "threads", 1, 1024)

@@ -23,13 +23,13 @@ def _check(field: FeatureField, selection: Tensor) -> None:
 def delete(field: FeatureField, selection: Tensor) -> FeatureField:
     """The field without the selected Gaussians."""
     _check(field, selection)
-    return replace(field, gaussians=field.gaussians[~selection])
+    return field.subset(~selection)
 
 
 def extract(field: FeatureField, selection: Tensor) -> FeatureField:
     """Only the selected Gaussians."""
     _check(field, selection)
-    return replace(field, gaussians=field.gaussians[selection])
+    return field.subset(selection)
 
 
 def recolour(

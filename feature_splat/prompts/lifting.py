@@ -1,22 +1,21 @@
 """Lift 2D masks to a 3D selection of Gaussians by their rendering weight inside and outside.
 
-Gaussian i's weight at pixel p is ``w_ip = alpha_ip T_ip`` (its share of the pixel). Summed over the
-pixels of a mask, and over the views given, that is the gradient of the masked sum of a rendered
-all-ones channel with respect to the Gaussian's (constant) feature, so one backward pass gives it
-for every Gaussian. Rule: a Gaussian is selected when at least ``min_inside_ratio`` of its total
-weight falls inside the masks and that weight is at least ``min_weight`` (about that many pixels'
-worth), so Gaussians that are mostly elsewhere, or barely visible, are left out.
+Gaussian i's weight at pixel p is ``w_ip = alpha_ip T_ip`` (its share of the pixel), summed over
+the pixels of a mask and over the views given by the rasterizer's
+:func:`~feature_splat.rasterizer.accumulate`. Rule: a Gaussian is selected when at least
+``min_inside_ratio`` of its total weight falls inside the masks and that weight is at least
+``min_weight`` (about that many pixels' worth), so Gaussians that are mostly elsewhere, or barely
+visible, are left out; so are those the field flags ``unseen``.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from feature_splat.cameras import Cameras
 from feature_splat.errors import InputShapeError
 from feature_splat.field import FeatureField
-from feature_splat.rasterizer import rasterize
+from feature_splat.rasterizer import accumulate
 
 
 def mask_weights(field: FeatureField, cameras: Cameras, masks: Tensor) -> tuple[Tensor, Tensor]:
@@ -26,16 +25,13 @@ def mask_weights(field: FeatureField, cameras: Cameras, masks: Tensor) -> tuple[
             f"masks: expected [{len(cameras)}, {cameras.height}, {cameras.width}], got {list(masks.shape)}"
         )
     g = field.gaussians.detach()
-    with torch.enable_grad():  # the weights are a gradient, also when called under no_grad
-        ones = torch.ones(len(g), 2, requires_grad=True)
-        out = rasterize(
-            g.means, g.quats, g.scales, g.opacities, ones, cameras.viewmats.to(g.means),
-            cameras.Ks.to(g.means), cameras.width, cameras.height,
-        )  # fmt: skip
-        inside = masks.to(out.features.dtype)
-        loss = (out.features[..., 0] * inside).sum() + (out.features[..., 1] * (1 - inside)).sum()
-        (grad,) = torch.autograd.grad(loss, ones)
-    return grad[:, 0], grad[:, 1]
+    out = accumulate(
+        g.means, g.quats, g.scales, g.opacities, cameras.viewmats.to(g.means),
+        cameras.Ks.to(g.means), cameras.width, cameras.height, masks[..., None].to(g.means),
+        stride=1, near_plane=field.near_plane,
+    )  # fmt: skip
+    inside = out.sums[:, 0].double()
+    return inside.float(), (out.weights - inside).clamp_min(0.0).float()
 
 
 def select_by_masks(
@@ -48,4 +44,4 @@ def select_by_masks(
     """Boolean selection [N] of the Gaussians that render mostly inside ``masks`` (module docstring)."""
     inside, outside = mask_weights(field, cameras, masks)
     ratio = inside / (inside + outside).clamp_min(1e-12)
-    return (ratio >= min_inside_ratio) & (inside >= min_weight)
+    return (ratio >= min_inside_ratio) & (inside >= min_weight) & field.selectable()

@@ -149,9 +149,13 @@ def gaussian_scores(
     negatives: tuple[str, ...] | None = None,
 ) -> Tensor:
     """Per-Gaussian score [N] for ``text``: LERF ``relevancy`` (default) or raw ``cosine`` (the score
-    Feature 3DGS thresholds for its edits)."""
+    Feature 3DGS thresholds for its edits). Gaussians the field flags ``unseen`` score the floor
+    (-1 cosine, 0 relevancy), so no selection includes them."""
     check_choice(mode, "mode", ("relevancy", "cosine"))
     features, decoder = field.gaussians.features, field.decoder
     if mode == "cosine":
-        return cosine_scores(features, teacher, text, decoder)
-    return relevancy_scores(features, teacher, text, negatives, decoder)
+        scores = cosine_scores(features, teacher, text, decoder)
+    else:
+        scores = relevancy_scores(features, teacher, text, negatives, decoder)
+    lowest = -1.0 if mode == "cosine" else 0.0  # the score's floor: no threshold selects it
+    return torch.where(field.selectable().to(scores.device), scores, lowest)

@@ -11,10 +11,21 @@ does not import torch.
 from feature_splat.lazy import lazy_exports
 from feature_splat.rasterizer.backends import BACKENDS, Backend
 
-__all__ = ["BACKENDS", "Backend", "Projected", "RenderOutput", "project", "rasterize"]
+__all__ = [
+    "BACKENDS",
+    "Accumulated",
+    "Backend",
+    "Projected",
+    "RenderOutput",
+    "accumulate",
+    "project",
+    "rasterize",
+]
 __getattr__ = lazy_exports(
     __name__,
     {
+        "Accumulated": "feature_splat.rasterizer.accumulation",
+        "accumulate": "feature_splat.rasterizer.accumulation",
         "RenderOutput": "feature_splat.rasterizer.api",
         "rasterize": "feature_splat.rasterizer.api",
         "Projected": "feature_splat.rasterizer.projection",

@@ -359,3 +359,119 @@ def gather_gradients(
             grad_geometry[c, g, 4] += isect_grad_geometry[k, 4]
             grad_geometry[c, g, 5] += isect_grad_geometry[k, 6]
             grad_opacities[g] += isect_grad_geometry[k, 5]
+
+
+@njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
+def accumulate_tiles(
+    gaussians, bins, grid, jobs, n_threads, cells, max_tile_cells, targets, out_sums, out_weights
+):
+    """Rendering-weighted sums of per-cell targets, per intersection, for tiles ``jobs`` of one
+    camera (the forward pass's compositing, with the features replaced by an accumulation).
+
+    For intersection k (a Gaussian g in a tile), row ``k - offsets[jobs[0]]`` of ``out_sums`` [K, M]
+    receives ``sum_p s_p w_gp targets[cell(p)]`` over the tile's pixels p, and ``out_weights`` [K]
+    receives ``sum_p s_p w_gp``, where ``w_gp = alpha T`` is g's rendering weight at p and
+    ``s_p = scale_y[y] scale_x[x]``. ``cells`` = (cell_y [H], cell_x [W], scale_y [H], scale_x
+    [W]) maps pixels to the rows and columns of ``targets`` [h, w, M]; no tile spans more than
+    ``max_tile_cells`` cells. The weights are summed per cell first, so the M-channel work is
+    per (Gaussian, cell) pair, not per pixel.
+    """
+    means2d, conics, opacities, radii = gaussians
+    offsets, ids = bins
+    cell_y, cell_x, scale_y, scale_x = cells
+    dim = targets.shape[2]
+    n_tiles_cam = offsets.shape[0] - 1
+    first_row = offsets[jobs[0]]
+    n_px = grid[2] * grid[2]
+    trans = np.ones((n_threads, n_px))
+    done = np.zeros((n_threads, n_px), np.bool_)
+    cell_weight = np.zeros((n_threads, max_tile_cells))
+    for job in prange(jobs[0], jobs[1]):
+        th = numba.get_thread_id()
+        _, x_lo, y_lo, x_hi, y_hi = _tile_pixels(job, n_tiles_cam, grid)
+        tw = x_hi - x_lo + 1
+        npx = tw * (y_hi - y_lo + 1)
+        cy0, cx0 = cell_y[y_lo], cell_x[x_lo]
+        cells_w = cell_x[x_hi] - cx0 + 1
+        n_cells = (cell_y[y_hi] - cy0 + 1) * cells_w
+        trans[th, :npx] = 1.0
+        done[th, :npx] = False
+        n_done = 0
+        for k in range(offsets[job], offsets[job + 1]):
+            row = k - first_row
+            out_sums[row, :] = 0.0
+            out_weights[row] = 0.0
+            if n_done == npx:
+                continue
+            cell_weight[th, :n_cells] = 0.0
+            g = ids[k]
+            mx, my = means2d[0, g, 0], means2d[0, g, 1]
+            ca, cb, cc = conics[0, g, 0], conics[0, g, 1], conics[0, g, 2]
+            opac = opacities[g]
+            x0, x1, y0, y1 = _pixel_box(
+                mx, my, radii[0, g, 0], radii[0, g, 1], x_lo, y_lo, x_hi, y_hi
+            )
+            s_max = math.log(opac / ALPHA_THRESHOLD)
+            for y in range(y0, y1 + 1):
+                dy = my - (y + 0.5)
+                xa, xb = _row_span(mx, dy, ca, cb, cc, s_max, x0, x1)
+                for x in range(xa, xb + 1):
+                    p = (y - y_lo) * tw + (x - x_lo)
+                    if done[th, p]:
+                        continue
+                    dx = mx - (x + 0.5)
+                    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+                    if sigma < 0.0:
+                        continue
+                    alpha = min(MAX_ALPHA, opac * math.exp(np.float32(-sigma)))
+                    if alpha < ALPHA_THRESHOLD:
+                        continue
+                    t_p = trans[th, p]
+                    next_t = t_p * (1.0 - alpha)
+                    if next_t <= MIN_TRANSMITTANCE:
+                        done[th, p] = True
+                        n_done += 1
+                        continue
+                    local = (cell_y[y] - cy0) * cells_w + (cell_x[x] - cx0)
+                    cell_weight[th, local] += alpha * t_p * scale_y[y] * scale_x[x]
+                    trans[th, p] = next_t
+            total = 0.0
+            for local in range(n_cells):
+                w = cell_weight[th, local]
+                if w == 0.0:
+                    continue
+                total += w
+                cy = cy0 + local // cells_w
+                cx = cx0 + local % cells_w
+                for d in range(dim):
+                    out_sums[row, d] += w * targets[cy, cx, d]
+            out_weights[row] = total
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def scatter_rows(ids, sums, weights, out_sums, out_weights):
+    """``out_sums[ids[k]] += sums[k]`` and ``out_weights[ids[k]] += weights[k]`` for every row k.
+
+    The rows are grouped by Gaussian (a stable counting sort), then each Gaussian's rows are added
+    in row order by one thread: deterministic for any thread count, and each row is read whole.
+    """
+    n_rows = ids.shape[0]
+    counts = np.zeros(out_sums.shape[0] + 1, np.int64)
+    for k in range(n_rows):
+        counts[ids[k] + 1] += 1
+    starts = np.cumsum(counts)
+    cursor = starts[:-1].copy()
+    order = np.empty(n_rows, np.int64)
+    for k in range(n_rows):
+        g = ids[k]
+        order[cursor[g]] = k
+        cursor[g] += 1
+    touched = np.flatnonzero(counts[1:])
+    dim = sums.shape[1]
+    for i in prange(touched.shape[0]):
+        g = touched[i]
+        for j in range(starts[g], starts[g + 1]):
+            k = order[j]
+            out_weights[g] += weights[k]
+            for d in range(dim):
+                out_sums[g, d] += sums[k, d]
