@@ -60,7 +60,8 @@ def _frozen_distillation(rgb_run: Path, config: LiftBenchConfig, out: Path) -> d
 
     run = Run(rgb_run)
     dataset = run.dataset
-    teacher = make_teacher(replace(run.config, teacher="synthetic"), dataset)
+    teacher_config = replace(run.config, teacher="synthetic", feature_dim=config.feature_dim)
+    teacher = make_teacher(teacher_config, dataset)
     maps = encode_dataset(teacher, dataset.images)
     rgb = run.field
     generator = torch.Generator().manual_seed(0)

@@ -49,6 +49,17 @@ def _row_span(mx, dy, ca, cb, cc, s_max, x0, x1):
 
 
 @njit(cache=True, inline="always")
+def _alpha_at(opac, ca, cb, cc, dx, dy):
+    """A Gaussian's alpha at offset (dx, dy) from its centre: ``min(0.999, o exp(-sigma))``, or 0
+    where it is skipped (sigma < 0 from round-off, or alpha below 1/255)."""
+    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+    if sigma < 0.0:
+        return 0.0
+    alpha = min(MAX_ALPHA, opac * math.exp(np.float32(-sigma)))
+    return alpha if alpha >= ALPHA_THRESHOLD else 0.0
+
+
+@njit(cache=True, inline="always")
 def _tile_range(mx, my, rx, ry, tile_size, tiles_x, tiles_y):
     """Tiles touched by a bounding box: x in [tx0, tx1), y in [ty0, ty1) (gsplat's rule)."""
     tx0 = min(max(0, math.floor((mx - rx) / tile_size)), tiles_x)
@@ -162,12 +173,8 @@ def render_forward(
                     p = (y - y_lo) * tw + (x - x_lo)
                     if done[th, p]:
                         continue
-                    dx = mx - (x + 0.5)
-                    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                    if sigma < 0.0:
-                        continue
-                    alpha = min(MAX_ALPHA, opac * math.exp(np.float32(-sigma)))
-                    if alpha < ALPHA_THRESHOLD:
+                    alpha = _alpha_at(opac, ca, cb, cc, mx - (x + 0.5), dy)
+                    if alpha == 0.0:
                         continue
                     t_p = trans[th, p]
                     next_t = t_p * (1.0 - alpha)
@@ -419,12 +426,8 @@ def accumulate_tiles(
                     p = (y - y_lo) * tw + (x - x_lo)
                     if done[th, p]:
                         continue
-                    dx = mx - (x + 0.5)
-                    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                    if sigma < 0.0:
-                        continue
-                    alpha = min(MAX_ALPHA, opac * math.exp(np.float32(-sigma)))
-                    if alpha < ALPHA_THRESHOLD:
+                    alpha = _alpha_at(opac, ca, cb, cc, mx - (x + 0.5), dy)
+                    if alpha == 0.0:
                         continue
                     t_p = trans[th, p]
                     next_t = t_p * (1.0 - alpha)

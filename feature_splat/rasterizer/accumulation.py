@@ -117,18 +117,14 @@ def accumulate(
     cell_y, scale_y = pixel_cells(height, h, stride)
     cell_x, scale_x = pixel_cells(width, w, stride)
     backend = _choose_backend(backend, means)
-    with torch.no_grad():
-        if backend == "cpu":
-            sums, weights = _accumulate_cpu(
-                (means, quats, scales, opacities), viewmats, Ks, (width, height, tile_size),
-                values, (cell_y, cell_x, scale_y, scale_x), (near_plane, far_plane, eps2d),
-                memory_budget,
-            )  # fmt: skip
-            return Accumulated(sums, weights)
-    return _accumulate_adjoint(
+    args = (
         (means, quats, scales, opacities), viewmats, Ks, (width, height, tile_size), values,
-        (cell_y, cell_x, scale_y, scale_x), (near_plane, far_plane, eps2d), backend,
+        (cell_y, cell_x, scale_y, scale_x), (near_plane, far_plane, eps2d),
     )  # fmt: skip
+    if backend == "cpu":
+        with torch.no_grad():
+            return _accumulate_cpu(*args, memory_budget)
+    return _accumulate_adjoint(*args, backend)
 
 
 def _accumulate_cpu(
@@ -140,7 +136,7 @@ def _accumulate_cpu(
     cells: tuple[Tensor, Tensor, Tensor, Tensor],
     planes: tuple[float, float, float],
     memory_budget: int,
-) -> tuple[Tensor, Tensor]:
+) -> Accumulated:
     means, quats, scales, opacities = gaussians
     width, height, tile_size = size
     near_plane, far_plane, eps2d = planes
@@ -183,7 +179,7 @@ def _accumulate_cpu(
                 weights,
             )  # fmt: skip
             job = end
-    return torch.from_numpy(sums), torch.from_numpy(weights)
+    return Accumulated(torch.from_numpy(sums), torch.from_numpy(weights))
 
 
 def _max_tile_cells(cell: Tensor, tile_size: int) -> int:
