@@ -15,7 +15,7 @@ from oracle import oracle_render
 from scenes import Scene, random_scene
 
 from feature_splat.errors import InputShapeError
-from feature_splat.rasterizer import accumulate
+from feature_splat.rasterizer import Accumulated, accumulate
 from feature_splat.rasterizer.accumulation import pixel_cells
 from feature_splat.teachers import to_teacher_cells
 
@@ -105,6 +105,23 @@ def test_tile_batches_and_threads_do_not_change_the_result():
     if numba.config.NUMBA_NUM_THREADS > 1:
         assert torch.equal(whole.sums, single.sums)
         assert torch.equal(whole.weights, single.weights)
+
+
+def test_views_summed_into_one_result_equal_one_call_on_all_views():
+    scene = random_scene(n=300, dim=1, width=40, height=32, n_cameras=2, seed=8)
+    values = torch.randn(2, 4, 5, 6, generator=torch.Generator().manual_seed(8))
+    both = run(scene, values, 8, backend="cpu")
+    means, quats, scales, opacities, _, viewmats, Ks, width, height = scene.args()
+    total = None
+    for c in range(2):
+        total = accumulate(
+            means, quats, scales, opacities, viewmats[c : c + 1], Ks[c : c + 1], width, height,
+            values[c : c + 1], stride=8, near_plane=NEAR, into=total,
+        )  # fmt: skip
+    assert torch.equal(total.weights, both.weights)
+    torch.testing.assert_close(total.sums, both.sums)
+    with pytest.raises(InputShapeError, match="into: expected contiguous float32 sums"):
+        run(scene, values, 8, into=Accumulated(total.sums[:, :2], total.weights))
 
 
 def test_averages_of_a_constant_map_are_that_constant():

@@ -109,22 +109,18 @@ def lift_features(
             f"lift: {len(cameras)} cameras but {len(teacher_maps)} teacher maps; expected one each"
         )
     g = gaussians.detach()
-    sums = weights = None
+    total = None
     for view in track(range(len(cameras)), description="lifting", transient=True):
         camera = cameras[view]
         values = teacher_maps[view : view + 1]
         if basis is not None:
             values = basis.project(values)
-        out = accumulate(
+        total = accumulate(
             g.means, g.quats, g.scales, g.opacities, camera.viewmats.to(g.means),
             camera.Ks.to(g.means), camera.width, camera.height, values, stride=stride,
-            near_plane=near_plane, backend=backend,
+            near_plane=near_plane, backend=backend, into=total,
         )  # fmt: skip
-        sums = out.sums if sums is None else sums.add_(out.sums)
-        weights = out.weights if weights is None else weights.add_(out.weights)
-    safe = weights.clamp_min(1e-30).to(sums.dtype)[:, None]
-    averages = torch.where(weights[:, None] > 0, sums / safe, 0.0)
-    return LiftedFeatures(averages, weights)
+    return LiftedFeatures(total.averages(in_place=True), total.weights)
 
 
 def fit_background(

@@ -51,10 +51,13 @@ class Accumulated:
     sums: Tensor  # [N, M] float32: sum of s_p w_gp G[cell(p)]
     weights: Tensor  # [N] float64: sum of s_p w_gp (0 for a Gaussian no view sees)
 
-    def averages(self) -> Tensor:
-        """The rendering-weight averages ``sums / weights`` [N, M] (0 where the weight is 0)."""
-        safe = self.weights.clamp_min(1e-30).to(self.sums.dtype)[:, None]
-        return torch.where(self.weights[:, None] > 0, self.sums / safe, 0.0)
+    def averages(self, in_place: bool = False) -> Tensor:
+        """The rendering-weight averages ``sums / weights`` [N, M] (0 where the weight is 0);
+        ``in_place`` divides ``sums`` itself (no second [N, M] buffer)."""
+        averages = self.sums if in_place else self.sums.clone()
+        averages.div_(self.weights.clamp_min(1e-30).to(averages.dtype)[:, None])
+        averages[self.weights == 0] = 0.0
+        return averages
 
 
 def pixel_cells(size: int, n_cells: int, stride: int | None) -> tuple[Tensor, Tensor]:
@@ -85,6 +88,7 @@ def accumulate(
     tile_size: int = 16,
     backend: Backend = "auto",
     memory_budget: int = 64 << 20,
+    into: Accumulated | None = None,
 ) -> Accumulated:
     """Rendering-weighted sums of ``values`` per Gaussian over C cameras (see the module docs).
 
@@ -97,6 +101,8 @@ def accumulate(
             corner (a teacher's :func:`~feature_splat.teachers.grid_stride`), else None: the image
             is split into h x w equal cells.
         memory_budget: bytes of per-intersection scratch the cpu backend may use at once.
+        into: sums to add to (returned), as from an earlier call on other views: summing many
+            views needs no [N, M] buffer per view.
     """
     _check_gaussians(means, quats, scales, opacities)
     n_cameras = _check_camera_args(
@@ -117,14 +123,31 @@ def accumulate(
     cell_y, scale_y = pixel_cells(height, h, stride)
     cell_x, scale_x = pixel_cells(width, w, stride)
     backend = _choose_backend(backend, means)
+    if into is None:
+        into = Accumulated(
+            torch.zeros(len(means), dim, device=means.device),
+            torch.zeros(len(means), dtype=torch.float64, device=means.device),
+        )
+    elif (
+        into.sums.shape != (len(means), dim)
+        or into.weights.shape != (len(means),)
+        or (into.sums.dtype, into.weights.dtype) != (torch.float32, torch.float64)
+        or into.sums.device != means.device
+        or not into.sums.is_contiguous()
+    ):
+        raise InputShapeError(
+            f"into: expected contiguous float32 sums [{len(means)}, {dim}] and float64 weights "
+            f"[{len(means)}] on {means.device}, got {into.sums.dtype} {list(into.sums.shape)} and "
+            f"{into.weights.dtype} {list(into.weights.shape)}"
+        )
     args = (
         (means, quats, scales, opacities), viewmats, Ks, (width, height, tile_size), values,
         (cell_y, cell_x, scale_y, scale_x), (near_plane, far_plane, eps2d),
     )  # fmt: skip
     if backend == "cpu":
         with torch.no_grad():
-            return _accumulate_cpu(*args, memory_budget)
-    return _accumulate_adjoint(*args, backend)
+            return _accumulate_cpu(*args, into, memory_budget)
+    return _accumulate_adjoint(*args, into, backend)
 
 
 def _accumulate_cpu(
@@ -135,6 +158,7 @@ def _accumulate_cpu(
     values: Tensor,
     cells: tuple[Tensor, Tensor, Tensor, Tensor],
     planes: tuple[float, float, float],
+    into: Accumulated,
     memory_budget: int,
 ) -> Accumulated:
     means, quats, scales, opacities = gaussians
@@ -142,8 +166,7 @@ def _accumulate_cpu(
     near_plane, far_plane, eps2d = planes
     tiles_x, tiles_y = tile_grid(width, height, tile_size)
     dim = values.shape[-1]
-    sums = np.zeros((len(means), dim), np.float32)
-    weights = np.zeros(len(means), np.float64)
+    sums, weights = into.sums.numpy(), into.weights.numpy()  # added to in place
     cells_np = tuple(t.contiguous().numpy() for t in cells)
     max_tile_cells = _max_tile_cells(cells[0], tile_size) * _max_tile_cells(cells[1], tile_size)
     opacities_np = opacities.detach().float().contiguous().numpy()
@@ -179,7 +202,7 @@ def _accumulate_cpu(
                 weights,
             )  # fmt: skip
             job = end
-    return Accumulated(torch.from_numpy(sums), torch.from_numpy(weights))
+    return into
 
 
 def _max_tile_cells(cell: Tensor, tile_size: int) -> int:
@@ -197,6 +220,7 @@ def _accumulate_adjoint(
     values: Tensor,
     cells: tuple[Tensor, Tensor, Tensor, Tensor],
     planes: tuple[float, float, float],
+    into: Accumulated,
     backend: str,
 ) -> Accumulated:
     """The sums as gradients of ``<render(f), G>`` w.r.t. zero features f, by ``backend``."""
@@ -207,8 +231,7 @@ def _accumulate_adjoint(
     cell_y, cell_x, scale_y, scale_x = (t.to(device) for t in cells)
     pixel_scale = (scale_y[:, None] * scale_x[None, :]).float()[..., None]  # [H, W, 1]
     dim = values.shape[-1]
-    sums = torch.zeros(len(means), dim, device=device)
-    weights = torch.zeros(len(means), dtype=torch.float64, device=device)
+    sums, weights = into.sums, into.weights
     for c in range(len(viewmats)):
         per_pixel = values[c].to(device).float()[cell_y][:, cell_x] * pixel_scale  # [H, W, M]
         for start in range(0, dim, _ADJOINT_CHUNK):
@@ -224,4 +247,4 @@ def _accumulate_adjoint(
             sums[:, start : start + _ADJOINT_CHUNK] += grad[:, :-1]
             if start == 0:
                 weights += grad[:, -1].double()
-    return Accumulated(sums, weights)
+    return into
