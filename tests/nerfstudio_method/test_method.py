@@ -254,6 +254,15 @@ def test_ns_export_writes_the_same_gaussians(trained: Path, scene: dict, tmp_pat
     assert torch.allclose(standard.sh0, ours.sh0, atol=1e-5)
     assert torch.allclose(standard.shN, ours.shN, atol=1e-5)  # 3DGS's channel-major f_rest
     assert torch.allclose(standard.logit_opacities, ours.logit_opacities, atol=1e-5)
+    # The exported PLY is in nerfstudio's frame: `lift` maps it back with the dataparser transform
+    # and gives it features from the same cache, without training.
+    lifted = tmp_path / "lifted"
+    _run([str(BIN / "feature-splat"), "lift", "room", "--gaussians", str(export / "splat.ply"),
+          "--dataparser-transforms", str(trained.parent / "dataparser_transforms.json"),
+          "--cache-dir", "cache", "--out", str(lifted)], cwd=root)  # fmt: skip
+    assert torch.allclose(read_ply(lifted / "point_cloud.ply").means, ours.means, atol=1e-4)
+    metrics = json.loads((lifted / "metrics.json").read_text())
+    assert metrics["psnr"] > MIN_PSNR - 2 and metrics["feature_cosine"] > MIN_COSINE, metrics
 
 
 def test_text_prompt_in_nerfstudios_viewer(trained: Path, scene: dict) -> None:
