@@ -13,6 +13,7 @@ surface it sits on (precision and recall per class, averaged over the classes pr
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -85,8 +86,6 @@ def _frozen_distillation(rgb_run: Path, config: LiftBenchConfig, out: Path) -> d
 
 
 def _scored_run(folder: Path, seconds: float) -> dict[str, object]:
-    import json
-
     from feature_splat.run_folder import Run
 
     run = Run(folder)
@@ -175,14 +174,13 @@ def run_lift_scale_bench(
     the teacher's PCA basis (F channels lifted) and at its full width; time and peak memory."""
     from feature_splat.bench.scenes import raster_scene
     from feature_splat.cameras import Cameras
+    from feature_splat.gaussians import GaussianField
     from feature_splat.lifting import lift_features, teacher_basis
 
     console = console or Console()
     torch.set_num_threads(config.threads)
     out = prepare_output(config.out, "bench-lift-scale")
     scene = raster_scene(config.gaussians, 1, config.size)
-    from feature_splat.gaussians import GaussianField
-
     gaussians = GaussianField.from_activated(
         scene.means, scene.scales, scene.opacities, torch.full((len(scene.means), 3), 0.5),
         quats=scene.quats,

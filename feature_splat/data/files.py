@@ -192,19 +192,16 @@ def pinhole_intrinsics(fx: float, fy: float, cx: float, cy: float, wheres: Seque
     return intrinsics(fx, fy, cx, cy, dtype=torch.float64)
 
 
-def check_pose(matrix: Tensor, where: str) -> Tensor:
-    """``matrix`` [4, 4] (camera -> world or world -> camera), after checking it is a rigid pose:
-    finite, its rotation part orthonormal (max |R^T R - I| <= ROTATION_TOLERANCE, so neither
-    scaled nor sheared) with a positive determinant (no reflection), its last row 0 0 0 1, its
-    translation within MAX_TRANSLATION."""
-    if not torch.isfinite(matrix).all():
-        raise DatasetError(f"{where}: expected finite numbers, got {matrix.tolist()}")
-    rotation = matrix[:3, :3]
-    error = (rotation.T @ rotation - torch.eye(3, dtype=matrix.dtype)).abs().max().item()
-    if not error <= ROTATION_TOLERANCE:  # NaN (from overflow) fails too
+def check_rotation(
+    rotation: Tensor, where: str, expected: str, tolerance: float = ROTATION_TOLERANCE
+) -> None:
+    """Refuse a [3, 3] block that is not a proper rotation: scaled or sheared (max |R^T R - I|
+    above ``tolerance``; NaN fails too) or a reflection. ``expected`` ends the first message."""
+    error = (rotation.T @ rotation - torch.eye(3, dtype=rotation.dtype)).abs().max().item()
+    if not error <= tolerance:
         raise DatasetError(
             f"{where}: the rotation part is scaled or sheared (R^T R differs from I by "
-            f"{error:.2g}); expected a rigid camera pose"
+            f"{error:.2g}); expected {expected}"
         )
     determinant = torch.linalg.det(rotation).item()
     if determinant <= 0:
@@ -212,6 +209,16 @@ def check_pose(matrix: Tensor, where: str) -> Tensor:
             f"{where}: the rotation part is a reflection (determinant {determinant:.3g}); "
             f"expected a proper rotation (determinant +1)"
         )
+
+
+def check_pose(matrix: Tensor, where: str) -> Tensor:
+    """``matrix`` [4, 4] (camera -> world or world -> camera), after checking it is a rigid pose:
+    finite, its rotation part orthonormal (max |R^T R - I| <= ROTATION_TOLERANCE, so neither
+    scaled nor sheared) with a positive determinant (no reflection), its last row 0 0 0 1, its
+    translation within MAX_TRANSLATION."""
+    if not torch.isfinite(matrix).all():
+        raise DatasetError(f"{where}: expected finite numbers, got {matrix.tolist()}")
+    check_rotation(matrix[:3, :3], where, "a rigid camera pose")
     bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=matrix.dtype)
     if not torch.equal(matrix[3], bottom):
         raise DatasetError(f"{where}: the last row is {matrix[3].tolist()}; expected [0, 0, 0, 1]")

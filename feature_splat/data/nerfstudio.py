@@ -29,6 +29,7 @@ from feature_splat.data.files import (
     as_number,
     as_pixels,
     background_color,
+    check_rotation,
     dataset_path,
     holdout_split,
     opengl_camtoworlds,
@@ -327,18 +328,9 @@ def read_dataparser_transform(path: str | Path) -> tuple[Tensor, Tensor, float]:
             as_number(x, f"{where}[{r}]")
     matrix = torch.tensor([[float(x) for x in row] for row in value], dtype=torch.float64)
     rotation, translation = matrix[:, :3], matrix[:, 3]
-    error = (rotation.T @ rotation - torch.eye(3, dtype=torch.float64)).abs().max().item()
-    if not error <= _FRAME_ROTATION_TOLERANCE:
-        raise DatasetError(
-            f"{where}: the rotation block is scaled or sheared (R^T R differs from I by "
-            f"{error:.2g}); expected a rotation (the scale goes in 'scale')"
-        )
-    determinant = torch.linalg.det(rotation).item()
-    if determinant <= 0:
-        raise DatasetError(
-            f"{where}: the rotation block is a reflection (determinant {determinant:.3g}); "
-            f"expected a proper rotation (determinant +1)"
-        )
+    check_rotation(
+        rotation, where, "a rotation (the scale goes in 'scale')", _FRAME_ROTATION_TOLERANCE
+    )
     scale = as_number(record.get("scale"), f"{path}: scale")
     if scale <= 0:
         raise DatasetError(f"{path}: scale: expected a positive number, got {scale:g}")

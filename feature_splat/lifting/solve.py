@@ -200,12 +200,12 @@ def solve_iterations(
     x = g.features.clone()
     ones = torch.ones(len(g), 1, dtype=x.dtype)
     scale = torch.where(weights > 0, 1.0 / weights.clamp_min(1e-30), 0.0).to(x.dtype)[:, None]
+    targets = [basis.project(maps) for maps in teacher_maps]  # [h, w, F] per view, once
     for _ in track(range(iterations), description="solving", transient=True):
         update = torch.zeros_like(x)
-        for view in range(len(cameras)):
+        for view, target in enumerate(targets):
             camera = cameras[view]
             viewmat, K = camera.viewmats.to(g.means), camera.Ks.to(g.means)
-            target = basis.project(teacher_maps[view])  # [h, w, F]
             with torch.no_grad():
                 out = rasterize(
                     g.means, g.quats, g.scales, g.opacities, torch.cat([x, ones], 1), viewmat, K,
