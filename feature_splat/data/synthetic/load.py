@@ -2,7 +2,8 @@
 
 :func:`load_world` renders a built-in world (or loads it from the cache) and splits every 8th view
 (0, 8, 16, ...) into the test set. :func:`render_dataset` does the rendering for any
-:class:`~feature_splat.data.synthetic.worlds.World`, edited ones included.
+:class:`~feature_splat.data.synthetic.worlds.World` or
+:class:`~feature_splat.data.synthetic.mesh_worlds.MeshWorld`, edited ones included.
 
 Cache files are ``.npz`` archives named by a hash of every generation parameter, the world's
 fingerprint (geometry, textures, lighting, rig), the cameras and :data:`CACHE_FORMAT`; they are
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +29,9 @@ from feature_splat.data.synthetic.worlds import World, build_world
 from feature_splat.errors import DatasetError
 from feature_splat.io.files import write_npz
 from feature_splat.io.npz_cache import ArraySpec, read_cached
+
+if TYPE_CHECKING:
+    from feature_splat.data.synthetic.mesh_worlds import MeshWorld
 
 CACHE_FORMAT = 1
 TEST_EVERY = 8
@@ -42,7 +47,7 @@ _log = logging.getLogger(__name__)
 
 
 def render_dataset(
-    world: World,
+    world: World | MeshWorld,
     *,
     width: int = 128,
     height: int = 96,
@@ -72,10 +77,11 @@ def load_world(
     n_points: int = 5000,
     cache_dir: str | Path | None = None,
 ) -> Dataset:
-    """The built-in world ``name`` ("room", "tabletop" or "street") rendered as a Dataset.
+    """The built-in world ``name`` (one of :data:`WORLD_NAMES`) rendered as a Dataset.
 
     ``n_views`` defaults to the world's rig (48 for each built-in world; the street rig needs a
-    multiple of 6). Results are cached under ``cache_dir`` (default :func:`default_cache_dir`).
+    multiple of 6); the real-mesh worlds ("tabletop-real", "playroom-real") need pybullet. Results
+    are cached under ``cache_dir`` (default :func:`default_cache_dir`).
     """
     if width <= 0 or height <= 0:
         raise DatasetError(f"width, height: expected positive image size, got {width}x{height}")
@@ -113,7 +119,7 @@ def load_world(
 
 
 def _render_arrays(
-    world: World, cameras: Cameras, supersample: int, n_points: int, seed: int
+    world: World | MeshWorld, cameras: Cameras, supersample: int, n_points: int, seed: int
 ) -> dict[str, np.ndarray]:
     """Everything a Dataset needs beyond the cameras, as the arrays the cache stores."""
     rendered = world.render(cameras, supersample=supersample)
@@ -128,7 +134,7 @@ def _render_arrays(
     }
 
 
-def _assemble(world: World, cameras: Cameras, arrays: dict[str, np.ndarray]) -> Dataset:
+def _assemble(world: World | MeshWorld, cameras: Cameras, arrays: dict[str, np.ndarray]) -> Dataset:
     n_views = len(cameras)
     return Dataset(
         images=torch.from_numpy(arrays["images"]),

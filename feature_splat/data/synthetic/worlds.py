@@ -11,6 +11,9 @@
   cameras (60 degrees apart, little overlap) moves forward along the road and shoots at several
   positions.
 
+:func:`build_world` also builds the real-mesh worlds of :data:`MESH_WORLD_NAMES` (pybullet meshes,
+see :mod:`~feature_splat.data.synthetic.mesh_worlds`).
+
 A :class:`World` is immutable. ``world.without(classes)`` and ``world.only(classes)`` give the same
 world with some classes removed or kept alone (the editing ground truth); ``world.cameras(width,
 height, n_views)`` gives its rig's cameras (independent of which classes are kept), and
@@ -29,6 +32,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -54,7 +58,13 @@ from feature_splat.data.synthetic.raycast import render_views
 from feature_splat.data.synthetic.textures import Texture, Vec3
 from feature_splat.errors import DatasetError
 
-WORLD_NAMES = ("room", "tabletop", "street")
+if TYPE_CHECKING:
+    from feature_splat.data.synthetic.mesh_worlds import MeshWorld
+
+PROCEDURAL_WORLD_NAMES = ("room", "tabletop", "street")
+# Real-mesh worlds: built by mesh_worlds.py, rendered by pybullet.
+MESH_WORLD_NAMES = ("tabletop-real", "playroom-real")
+WORLD_NAMES = PROCEDURAL_WORLD_NAMES + MESH_WORLD_NAMES
 SKY_COLOR: Vec3 = (0.62, 0.75, 0.90)
 
 
@@ -659,8 +669,17 @@ _BUILDERS: dict[str, Callable[[int], World]] = {
 }
 
 
-def build_world(name: str, seed: int = 0) -> World:
-    """The built-in world ``name`` (one of :data:`WORLD_NAMES`); ``seed`` varies layout details."""
+def build_world(name: str, seed: int = 0) -> World | MeshWorld:
+    """The built-in world ``name`` (one of :data:`WORLD_NAMES`); ``seed`` varies layout details.
+
+    Procedural names give a :class:`World`, :data:`MESH_WORLD_NAMES` a
+    :class:`~feature_splat.data.synthetic.mesh_worlds.MeshWorld` (same interface).
+    """
+    if name in MESH_WORLD_NAMES:
+        # Imported here: mesh_worlds builds on this module's rigs.
+        from feature_splat.data.synthetic.mesh_worlds import build_mesh_world
+
+        return build_mesh_world(name, seed)
     if name not in _BUILDERS:
         raise DatasetError(
             f"name: unknown synthetic world {name!r}; expected one of {list(WORLD_NAMES)}"
