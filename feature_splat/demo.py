@@ -21,6 +21,7 @@ from feature_splat.io import write_json, write_png
 from feature_splat.io.names import safe_name
 from feature_splat.io.outputs import prepare_output
 from feature_splat.prompts import point_similarity, text_similarity
+from feature_splat.teachers.text_space import resolve_text_space
 from feature_splat.visualize import heat_rgb, overlay_rgb
 
 
@@ -35,7 +36,8 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, ob
     run_dir = demo_dir / f"{safe_name(Path(config.train.data).name, 'data')}-{stamp}"
     train_config = dataclasses.replace(config.train, out=run_dir)
     teacher_label = (
-        "synthetic oracle (labels from the world's ground truth)"
+        f"synthetic oracle (image side from the world's ground truth labels; text space "
+        f"{resolve_text_space(train_config.oracle_text, train_config.teacher_dim)})"
         if train_config.teacher == "synthetic"
         else train_config.teacher
     )

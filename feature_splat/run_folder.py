@@ -72,8 +72,10 @@ def is_world_name(data: str) -> bool:
 
 
 def resolved(config: TrainConfig) -> TrainConfig:
-    """``config`` with absolute paths: the data folder (a built-in world keeps its name), the run
-    folder, the cache and the teacher's checkpoint."""
+    """``config`` with absolute paths (the data folder, a built-in world keeping its name, the
+    run folder, the cache and the teacher's checkpoint) and the oracle's text space made definite
+    (``auto`` becomes the space this machine gives, :func:`resolve_text_space`)."""
+    from feature_splat.teachers.text_space import resolve_text_space
 
     def absolute(path: Path | None) -> Path | None:
         return None if path is None else Path(path).expanduser().resolve()
@@ -86,6 +88,7 @@ def resolved(config: TrainConfig) -> TrainConfig:
         cache_dir=absolute(config.cache_dir),
         teacher_checkpoint=absolute(config.teacher_checkpoint),
         features=absolute(config.features),
+        oracle_text=resolve_text_space(config.oracle_text, config.teacher_dim),
     )
 
 
@@ -124,6 +127,7 @@ def make_teacher(config: TrainConfig, dataset: Dataset) -> Teacher | None:
         model=config.teacher_model,
         dim=config.teacher_dim,
         stride=config.teacher_stride,
+        oracle_text=config.oracle_text,
         allow_torchscript=config.allow_torchscript,
         features=config.features,
         features_layout=config.features_layout,

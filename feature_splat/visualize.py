@@ -110,3 +110,23 @@ def overlay_rgb(image: Tensor, mask: Tensor, color: tuple[float, float, float]) 
     rest dimmed, so a selection stands out."""
     tint = 0.5 * image + 0.5 * torch.tensor(color, dtype=image.dtype)
     return torch.where(mask[..., None], tint, 0.6 * image)
+
+
+def captioned(image: Tensor, text: str, height: int = 14) -> Tensor:
+    """``image`` [H, W, 3] under a black strip of ``height`` pixels holding ``text`` in white
+    (PIL's built-in bitmap font, cut at the image's width)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (image.shape[1], height))
+    ImageDraw.Draw(strip).text((2, 1), text, fill=(255, 255, 255))
+    caption = torch.from_numpy(np.asarray(strip).copy()).float() / 255
+    return torch.cat([caption.to(image.dtype), image], dim=0)
+
+
+def tile_grid(tiles: list[Tensor], columns: int) -> Tensor:
+    """Images [H, W, 3] of one size in a grid of ``columns``, the last row padded with black."""
+    blank = torch.zeros_like(tiles[0])
+    rows = [tiles[i : i + columns] for i in range(0, len(tiles), columns)]
+    rows[-1] = rows[-1] + [blank] * (columns - len(rows[-1]))
+    return torch.cat([torch.cat(row, dim=1) for row in rows], dim=0)

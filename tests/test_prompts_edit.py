@@ -100,6 +100,26 @@ def test_selection_scores_on_known_labels() -> None:
     chosen = torch.tensor([True, True, False, True, False, True])
     scores = selection_scores(chosen, labels, 3)
     assert scores == {"precision": 2 / 3, "recall": 2 / 3, "selected": 4}
+    # Several classes together are the truth of a prompt that means both ("something to sit on").
+    both = selection_scores(chosen, labels, [3, 1])
+    assert both == {"precision": 1.0, "recall": 3 / 5, "selected": 4}
+
+
+def test_mask_iou_and_threshold_calibration_on_known_maps() -> None:
+    from feature_splat.eval.prompts import best_threshold, mask_iou
+
+    scores = torch.tensor([[0.9, 0.7, 0.4, 0.1]])
+    truth = torch.tensor([[True, True, False, False]])
+    assert mask_iou(scores, truth, 0.5) == 1.0
+    assert mask_iou(scores, truth, 0.8) == 0.5  # one of the two true pixels
+    assert mask_iou(scores, truth, 0.05) == 0.5  # all four chosen, two true
+    assert mask_iou(scores, torch.zeros_like(truth), 0.95) == 0.0  # nothing chosen, nothing true
+    # Two prompts whose masks want different thresholds: the grid value best for their mean wins.
+    maps = torch.stack([scores, torch.tensor([[0.9, 0.3, 0.2, 0.1]])])
+    truths = torch.stack([truth, torch.tensor([[True, False, False, False]])])
+    grid = torch.tensor([0.05, 0.35, 0.5, 0.8])
+    threshold, mean = best_threshold(maps, truths, grid)
+    assert threshold == 0.5 and mean == 1.0
 
 
 def test_prompts_and_deletion_meet_bars_on_a_small_world(tmp_path, monkeypatch) -> None:
@@ -118,9 +138,10 @@ def test_prompts_and_deletion_meet_bars_on_a_small_world(tmp_path, monkeypatch) 
 
     monkeypatch.setenv("FEATURE_SPLAT_CACHE", str(tmp_path))
     run = Path(tmp_path) / "run"
+    # The conditions the bars were measured in: the random text space, L1, threshold 0.5.
     train(TrainConfig(data="tabletop", out=run, width=64, height=48, iterations=300, feature_dim=32,
-                      init_points=3000, teacher_dim=128))  # fmt: skip
-    report = run_prompt_bench(PromptBenchConfig(run=run, classes=("table", "chair")))
+                      init_points=3000, teacher_dim=128, feature_loss="l1"))  # fmt: skip
+    report = run_prompt_bench(PromptBenchConfig(run=run, classes=("table", "chair"), threshold=0.5))
     for row in report["results"]:
         assert row["text_iou_2d_cosine"] > 0.65, row
         assert row["precision"] > 0.7 and row["recall"] > 0.75, row
@@ -139,27 +160,50 @@ def test_prompts_and_deletion_meet_bars_on_a_small_world(tmp_path, monkeypatch) 
     table = report["results"][0]
     assert table["extract_psnr_outside_class"] > everything["extract_psnr_outside_class"] + 5.0
 
+    # Paraphrases in the random text space: "desk" is a hand-written synonym of table, so it is
+    # answered exactly as "table" is; a word no list holds is answered by nothing.
+    from feature_splat.bench.text import TextBenchConfig, run_text_bench
+
+    text = run_text_bench(TextBenchConfig(run=run, prompts=("desk=table", "zxqv=chair")))
+    rows = {row["prompt"]: row for row in text["results"]}
+    for score in ("relevancy", "cosine"):
+        assert rows["desk"][f"iou_2d_{score}"] == rows["table"][f"iou_2d_{score}"] > 0.5
+        assert rows["zxqv"][f"iou_2d_{score}"] < 0.1
+    assert rows["desk"]["nearest_class_name"] == "table"
+    assert (run / "bench_text" / "results.json").is_file()
+
 
 def test_a_stored_teacher_asks_its_real_teacher_once_per_new_text(teacher, tmp_path) -> None:
     """Texts outside the saved vocabulary come from the real teacher, once each (the viewer asks
-    for the same prompt every frame)."""
+    for the same prompt every frame); the synthetic oracle's record names its text space, which
+    then encodes them itself, and the real teacher is never built."""
     from feature_splat.teachers.stored import StoredTeacher, write_teacher_record
 
     asked: list[list[str]] = []
 
     class Counting:
+        """The teacher, counting its text requests; without a text space of its own."""
+
         def __getattr__(self, name):
+            if name == "text":
+                raise AttributeError(name)
             return getattr(teacher, name)
 
         def encode_text(self, texts: list[str]) -> torch.Tensor:
             asked.append(list(texts))
             return teacher.encode_text(texts)
 
-    record = write_teacher_record(tmp_path / "teacher.npz", teacher, ["chair", "table"])
+    record = write_teacher_record(tmp_path / "teacher.npz", Counting(), ["chair", "table"])
     stored = StoredTeacher(record, Counting)
+    asked.clear()  # writing the record encoded its vocabulary
     torch.testing.assert_close(stored.encode_text(["table"]), teacher.encode_text(["table"]))
     assert asked == []  # in the vocabulary: from the record
     for _ in range(3):
         got = stored.encode_text(["armchair", "table"])
     torch.testing.assert_close(got, teacher.encode_text(["armchair", "table"]))
     assert asked == [["armchair", "table"]]
+
+    own = write_teacher_record(tmp_path / "own.npz", teacher, [*teacher.class_names, "object"])
+    unbuildable = StoredTeacher(own, lambda: None)
+    texts = ["armchair", "a photo of a zxqv", "table"]
+    torch.testing.assert_close(unbuildable.encode_text(texts), teacher.encode_text(texts))

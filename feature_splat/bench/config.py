@@ -60,17 +60,39 @@ class PromptBenchConfig:
     """Text prompts, 3D selection and deletion against a built-in world's truth."""
 
     run: Path
-    """A run folder trained on a built-in world (room, tabletop, street)."""
+    """A run folder trained on a built-in world (`feature-splat worlds list`)."""
     classes: tuple[str, ...] = ("chair", "table", "sofa")
-    threshold: float = 0.5
-    """Relevancy threshold for 2D masks and cosine threshold for 3D selection and deletion."""
+    threshold: float | None = None
+    """Relevancy threshold for 2D masks and cosine threshold for 3D selection and deletion
+    (default: the teacher's own for each, ``prompts.text.selection_threshold``)."""
     out: Path | None = None
     """Output folder for results.json (default: RUN/bench_prompts)."""
 
     def __post_init__(self) -> None:
         for name in self.classes:
             check_text(name, "classes")
-        check_float(self.threshold, "threshold", -1.0, 1.0)
+        if self.threshold is not None:
+            check_float(self.threshold, "threshold", -1.0, 1.0)
+
+
+@dataclass
+class TextBenchConfig:
+    """Text prompts that are not class names (paraphrases, related words) against a world's truth,
+    with LERF relevancy and raw cosine each at a threshold calibrated on the training views."""
+
+    run: Path
+    """A run folder trained on a built-in world with the synthetic teacher."""
+    prompts: tuple[str, ...] = ()
+    """``PROMPT=CLASS[+CLASS...]``: a prompt and the classes it means (default: the world's
+    fixed list in feature_splat/bench/text.py)."""
+    out: Path | None = None
+    """Output folder for results.json and prompts.png (default: RUN/bench_text)."""
+
+    def __post_init__(self) -> None:
+        for entry in self.prompts:
+            prompt, _, classes = entry.partition("=")
+            if not prompt.strip() or not classes.strip():
+                raise ConfigError(f"--prompts: expected PROMPT=CLASS[+CLASS...], got {entry!r}")
 
 
 @dataclass

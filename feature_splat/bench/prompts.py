@@ -29,6 +29,7 @@ def run_prompt_bench(
         text_iou,
     )
     from feature_splat.prompts import gaussian_scores
+    from feature_splat.prompts.text import selection_threshold
 
     console = console or Console()
     run = Run(config.run)
@@ -47,6 +48,9 @@ def run_prompt_bench(
     out = prepare_output(config.out or run.path / "bench_prompts", "bench-prompts")
     dataset, teacher, field = run.dataset, run.teacher, run.field
     labels = surface_labels(field, dataset)
+    given = config.threshold
+    relevancy_at = selection_threshold(teacher, "relevancy") if given is None else given
+    cosine_at = selection_threshold(teacher, "cosine") if given is None else given
     rows = []
     for name in config.classes:
         class_id = dataset.class_names.index(name)
@@ -58,24 +62,25 @@ def run_prompt_bench(
             view: (alone["rgb"][i], alone["labels"][i])
             for i, view in enumerate(dataset.test_indices)
         }
-        selection = gaussian_scores(field, teacher, name, mode="cosine") > config.threshold
+        selection = gaussian_scores(field, teacher, name, mode="cosine") > cosine_at
         rows.append(
             {
                 "class": name,
-                "text_iou_2d": text_iou(field, dataset, teacher, name, config.threshold),
+                "text_iou_2d": text_iou(field, dataset, teacher, name, relevancy_at),
                 "text_iou_2d_cosine": text_iou(
-                    field, dataset, teacher, name, config.threshold, score="cosine"
+                    field, dataset, teacher, name, cosine_at, score="cosine"
                 ),
                 **selection_scores(selection, labels, class_id),
-                **deletion_psnr(field, dataset, teacher, name, truth, config.threshold),
-                **extraction_psnr(field, dataset, teacher, name, truth_alone, config.threshold),
+                **deletion_psnr(field, dataset, teacher, name, truth, cosine_at),
+                **extraction_psnr(field, dataset, teacher, name, truth_alone, cosine_at),
             }
         )
     report = {
         "benchmark": "prompts",
         "command": f"feature-splat bench prompts {config.run}",
         "teacher": teacher.name,
-        "threshold": config.threshold,
+        "oracle_text": run.config.oracle_text if teacher.name == "synthetic" else None,
+        "thresholds": {"relevancy": relevancy_at, "cosine": cosine_at},
         "gaussians_with_surface_label": int((labels >= 0).sum()),
         "gaussians": len(labels),
         "results": rows,

@@ -20,15 +20,17 @@ from feature_splat.io.names import prompt_folder_name, view_file_names
 from feature_splat.io.outputs import prepare_output
 from feature_splat.options import check_choice, check_float, check_text
 from feature_splat.prompts import gaussian_scores, relevancy, segment_labels, select_by_masks
+from feature_splat.prompts.text import selection_threshold
 from feature_splat.run_folder import EDIT_KIND, Run
 from feature_splat.visualize import heat_rgb, label_rgb, overlay_rgb
 
 QUERY_KIND = "query"
 
 
-def _check_prompt(text: str, threshold: float) -> None:
+def _check_prompt(text: str, threshold: float | None) -> None:
     check_text(text, "text")
-    check_float(threshold, "threshold", -1.0, 1.0)
+    if threshold is not None:
+        check_float(threshold, "threshold", -1.0, 1.0)
 
 
 def _sam_best_mask(run: Run, view: int, prompt: SamPrompt) -> tuple[torch.Tensor, float]:
@@ -86,12 +88,14 @@ def query_run(
     text: str,
     labels: list[str],
     views: list[int],
-    threshold: float = 0.5,
+    threshold: float | None = None,
     out: Path | None = None,
     allow_torchscript: bool = False,
 ) -> dict[str, object]:
     """Relevancy of ``text`` on dataset views (default: held-out) and per Gaussian; PNGs and
-    ``query.json`` in ``out`` (default RUN/queries/<prompt folder name>)."""
+    ``query.json`` in ``out`` (default RUN/queries/<prompt folder name>). Pixels count as selected
+    above ``threshold`` in relevancy, Gaussians in cosine (default: the teacher's own threshold
+    of each, :func:`selection_threshold`)."""
     _check_prompt(text, threshold)
     for label in labels:
         check_text(label, "labels")
@@ -101,13 +105,17 @@ def query_run(
     default = run.path / "queries" / prompt_folder_name(text)
     out = prepare_output(out or default, QUERY_KIND, inputs=[dataset.root])
     scores = gaussian_scores(field, teacher, text, mode="cosine")
+    thresholds = {
+        mode: selection_threshold(teacher, mode) if threshold is None else threshold
+        for mode in ("relevancy", "cosine")
+    }
     file_names = view_file_names(dataset.image_names)
     rows = []
     for view in chosen:
         camera = dataset.cameras[view]
         rel = relevancy(field, camera, teacher, text)[0]
         image = dataset.images[view]
-        selected = rel > threshold
+        selected = rel > thresholds["relevancy"]
         panels = [image, heat_rgb(rel, 0.0, 1.0), overlay_rgb(image, selected, (1.0, 0.2, 0.2))]
         if labels:
             panels.append(label_rgb(segment_labels(field, camera, teacher, labels)[1][0]))
@@ -122,8 +130,8 @@ def query_run(
     summary = {
         "text": text,
         "labels": labels,
-        "threshold": threshold,
-        "gaussians_selected": int((scores > threshold).sum()),  # cosine, as `edit` selects
+        "thresholds": thresholds,
+        "gaussians_selected": int((scores > thresholds["cosine"]).sum()),  # as `edit` selects
         "gaussians": len(scores),
         "views": rows,
         "folder": str(out),
@@ -140,15 +148,16 @@ def edit_run(
     text: str | None = None,
     sam_prompt: SamPrompt | None = None,
     sam_view: int = 0,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     mode: str = "cosine",
     rgb: tuple[float, float, float] = (0.1, 0.8, 0.1),
     allow_torchscript: bool = False,
 ) -> dict[str, object]:
     """Select Gaussians, apply ``op`` (delete, extract or recolour) and write the edited field,
     renders and ``edit.json`` to ``out``. The selection is either the Gaussians whose ``mode``
-    score for ``text`` exceeds ``threshold``, or (SAM-distilled runs) SAM's mask for
-    ``sam_prompt`` on dataset view ``sam_view`` lifted to 3D (:func:`select_by_masks`). An empty
+    score for ``text`` exceeds ``threshold`` (default: the teacher's,
+    :func:`selection_threshold`), or (SAM-distilled runs) SAM's mask for ``sam_prompt`` on dataset
+    view ``sam_view`` lifted to 3D (:func:`select_by_masks`). An empty
     selection is a valid result: nothing is deleted, extracted or recoloured."""
     check_choice(op, "op", EDIT_OPS)
     check_choice(mode, "mode", ("relevancy", "cosine"))
@@ -166,6 +175,8 @@ def edit_run(
         teacher = run.prompt_teacher()  # refused before any folder is made: RGB-only runs
     out = prepare_output(out, EDIT_KIND, inputs=[dataset.root, run.path])  # fails early
     if text is not None:
+        if threshold is None:
+            threshold = selection_threshold(teacher, mode)
         selection = gaussian_scores(field, teacher, text, mode=mode) > threshold
     else:
         mask, _ = _sam_best_mask(run, sam_view, sam_prompt)

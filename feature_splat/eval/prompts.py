@@ -1,7 +1,8 @@
 """Prompts and edits measured against a synthetic world's truth (DESIGN.md, "Metrics").
 
-- text: per-class IoU on held-out views of ``relevancy(class) > threshold`` (or cosine) against
-  the ground-truth mask of that class;
+- text: IoU on held-out views of ``relevancy(prompt) > threshold`` (or cosine) against the
+  ground-truth mask of the class (or classes) the prompt means; :func:`best_threshold` picks the
+  threshold that serves a set of prompts best (calibrated on training views);
 - 3D: precision and recall of the Gaussians selected for a class (decoded-feature cosine above a
   threshold) against the class of the surface each Gaussian sits on (its centre projected into the
   training views where it lies on the true depth, majority label);
@@ -13,6 +14,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import Tensor
 
@@ -20,11 +23,57 @@ from feature_splat.data import Dataset
 from feature_splat.edit import delete, extract
 from feature_splat.eval.metrics import psnr
 from feature_splat.field import FeatureField
-from feature_splat.prompts import gaussian_scores, relevancy, text_similarity
+from feature_splat.options import check_choice
+from feature_splat.prompts import gaussian_scores
+from feature_splat.prompts.text import cosine_scores, relevancy_scores
 from feature_splat.teachers import Teacher
 
 
 @torch.no_grad()
+def prompt_score_maps(
+    field: FeatureField,
+    dataset: Dataset,
+    teacher: Teacher,
+    prompts: list[str],
+    views: list[int],
+    score: str = "relevancy",
+) -> Tensor:
+    """Scores [P, V, H, W] of each prompt on each of ``views``: LERF ``relevancy`` against the
+    canonical negatives, or raw ``cosine``. Each view is rendered once for all prompts."""
+    check_choice(score, "score", ("relevancy", "cosine"))
+    measure = relevancy_scores if score == "relevancy" else cosine_scores
+    maps = torch.empty(len(prompts), len(views), dataset.height, dataset.width)
+    for i, view in enumerate(views):
+        features = field.render(dataset.cameras[view]).features[0]
+        for p, prompt in enumerate(prompts):
+            maps[p, i] = measure(features, teacher, prompt, decoder=field.decoder)
+    return maps
+
+
+def mask_iou(scores: Tensor, truth: Tensor, threshold: float) -> float:
+    """IoU of ``scores > threshold`` against the boolean mask ``truth`` (same shape), pooled over
+    every pixel: one intersection and one union."""
+    chosen = scores > threshold
+    return int((chosen & truth).sum()) / max(int((chosen | truth).sum()), 1)
+
+
+def best_threshold(scores: Tensor, truths: Tensor, grid: Tensor) -> tuple[float, float]:
+    """The threshold of ``grid`` with the highest mean :func:`mask_iou` over prompts (``scores``
+    and boolean ``truths`` [P, ...]), and that mean."""
+    means = [
+        sum(mask_iou(s, t, float(g)) for s, t in zip(scores, truths, strict=True)) / len(scores)
+        for g in grid
+    ]
+    best = max(range(len(grid)), key=means.__getitem__)
+    return float(grid[best]), means[best]
+
+
+def class_masks(dataset: Dataset, classes: list[str], views: list[int]) -> Tensor:
+    """Ground-truth mask [V, H, W] of pixels labelled any of ``classes`` in ``views``."""
+    ids = torch.tensor([dataset.class_names.index(name) for name in classes])
+    return torch.isin(dataset.labels[views], ids)
+
+
 def text_iou(
     field: FeatureField,
     dataset: Dataset,
@@ -35,15 +84,9 @@ def text_iou(
 ) -> float:
     """IoU over all held-out pixels of ``score(class_name) > threshold`` vs the true mask;
     ``score`` is LERF ``relevancy`` or the raw ``cosine`` similarity."""
-    class_id = dataset.class_names.index(class_name)
-    measure = relevancy if score == "relevancy" else text_similarity
-    hits = union = 0
-    for view in dataset.test_indices:
-        chosen = measure(field, dataset.cameras[view], teacher, class_name)[0] > threshold
-        truth = dataset.labels[view] == class_id
-        hits += int((chosen & truth).sum())
-        union += int((chosen | truth).sum())
-    return hits / max(union, 1)
+    views = dataset.test_indices
+    maps = prompt_score_maps(field, dataset, teacher, [class_name], views, score)[0]
+    return mask_iou(maps, class_masks(dataset, [class_name], views), threshold)
 
 
 @torch.no_grad()
@@ -67,10 +110,14 @@ def surface_labels(field: FeatureField, dataset: Dataset, depth_tolerance: float
     return torch.where(votes.sum(1) > 0, votes.argmax(1), torch.full_like(votes[:, 0], -1))
 
 
-def selection_scores(selection: Tensor, labels: Tensor, class_id: int) -> dict[str, float]:
-    """Precision and recall of a Gaussian selection against surface labels (unlabelled ignored)."""
+def selection_scores(
+    selection: Tensor, labels: Tensor, class_id: int | Collection[int]
+) -> dict[str, float]:
+    """Precision and recall of a Gaussian selection against surface labels of ``class_id`` (one
+    class id, or several that together are the truth); unlabelled Gaussians are ignored."""
     known = labels >= 0
-    truth = (labels == class_id) & known
+    ids = torch.tensor([class_id] if isinstance(class_id, int) else list(class_id))
+    truth = torch.isin(labels, ids) & known
     chosen = selection & known
     true_positive = int((chosen & truth).sum())
     return {

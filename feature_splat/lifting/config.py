@@ -11,7 +11,7 @@ import tyro
 from feature_splat.errors import ConfigError
 from feature_splat.options import check_choice, check_float, check_int, check_seed
 from feature_splat.rasterizer.backends import Backend
-from feature_splat.training.config import FeatureLayout, TeacherName, TrainConfig
+from feature_splat.training.config import FeatureLayout, OracleText, TeacherName, TrainConfig
 
 
 @dataclass
@@ -38,7 +38,10 @@ class LiftConfig:
     allow_torchscript: bool = False
     """Let a CLIP teacher checkpoint be an OpenAI TorchScript archive (runs code from the file)."""
     teacher_model: str | None = None
-    teacher_dim: int = 512
+    teacher_dim: int | None = None
+    """Width of the synthetic oracle (unset: its text space's own)."""
+    oracle_text: OracleText = "auto"
+    """The synthetic oracle's text space: minilm, random, or auto (minilm where installed)."""
     teacher_stride: int = 8
     cache_dir: Path | None = None
     """Teacher-feature cache folder (``feature-splat encode`` fills it); none = memory only."""
@@ -88,7 +91,7 @@ class LiftConfig:
             data=self.data, out=self.out, teacher=self.teacher, features=self.features,
             features_layout=self.features_layout, teacher_checkpoint=self.teacher_checkpoint,
             allow_torchscript=self.allow_torchscript, allow_outside_paths=self.allow_outside_paths,
-            teacher_model=self.teacher_model, teacher_dim=self.teacher_dim,
+            teacher_model=self.teacher_model, teacher_dim=self.teacher_dim, oracle_text=self.oracle_text,
             teacher_stride=self.teacher_stride, cache_dir=self.cache_dir,
             teacher_pca=self.teacher_pca, feature_dim=self.feature_dim, decoder="linear",
             iterations=max(1, self.refine), near_plane=self.near_plane,

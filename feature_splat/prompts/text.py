@@ -26,6 +26,7 @@ from feature_splat.teachers import Teacher
 
 CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
 RELEVANCY_SCALE = 10.0
+UNCALIBRATED_THRESHOLD = 0.5  # a selection's default where the teacher's score scale is unknown
 
 
 def negatives_for(teacher: Teacher, text: str) -> tuple[str, ...]:
@@ -102,6 +103,44 @@ def label_probabilities(
     for :func:`cosine_scores`)."""
     cosines = _cosines(features, _text_embeddings(teacher, labels), decoder)
     return (cosines / temperature).softmax(-1)
+
+
+def selection_threshold(teacher: Teacher, mode: str = "relevancy") -> float:
+    """The default threshold of a text selection (``mode`` scores above it are selected).
+
+    For the synthetic oracle, whose image features are its class embeddings, it is measured on
+    them: per class, halfway between the score its own embedding gets for its name and the
+    highest score another class's embedding gets; the median over classes. That is about 0.54
+    (cosine) in the random text space, where classes are orthogonal, and 0.84 in MiniLM's, where
+    "a photo of a chair" and "a photo of a sofa" have cosine 0.68. Other teachers' image features
+    do not live on their text embeddings, so nothing here measures their scale:
+    :data:`UNCALIBRATED_THRESHOLD`, to be set per scene.
+    """
+    check_choice(mode, "mode", ("relevancy", "cosine"))
+    names = _oracle_class_names(teacher)
+    if len(names) < 2:
+        return UNCALIBRATED_THRESHOLD
+    classes = _text_embeddings(teacher, names)  # [K, M]: the image features of each class
+    cosines = classes @ classes.T  # [feature j, prompt k]
+    if mode == "cosine":
+        scores = cosines
+    else:
+        negatives = classes @ _text_embeddings(teacher, list(CANONICAL_NEGATIVES)).T  # [j, K']
+        pairs = torch.cat(
+            [cosines[..., None], negatives[:, None, :].expand(-1, len(names), -1)], -1
+        )
+        scores = relevancy_from_cosines(pairs)
+    own = scores.diagonal()
+    others = scores.masked_fill(torch.eye(len(names), dtype=torch.bool), -torch.inf).amax(dim=0)
+    return round(float(((own + others) / 2).median()), 3)
+
+
+def _oracle_class_names(teacher: Teacher) -> list[str]:
+    """The class names of a synthetic oracle (itself, or as a run's record holds it), else []."""
+    if teacher.name != "synthetic":
+        return []
+    names = getattr(teacher, "class_names", None) or getattr(teacher, "vocabulary", [])
+    return [name for name in names if name not in CANONICAL_NEGATIVES]
 
 
 def _decoded_render(field: FeatureField, cameras: Cameras) -> Tensor:

@@ -77,6 +77,12 @@ def seeded_randn(seed_text: str, *shape: int) -> Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+def seeded_unit_vector(seed_text: str, dim: int) -> Tensor:
+    """A unit vector [dim] (float64) in a direction seeded by ``seed_text`` (:func:`seeded_randn`)."""
+    vector = seeded_randn(seed_text, dim)
+    return vector / vector.norm()
+
+
 def label_index(names: list[str]) -> dict[str, int]:
     """Position of each label name, keyed without case and surrounding spaces."""
     return {name.strip().lower(): i for i, name in enumerate(names)}

@@ -25,8 +25,9 @@ def build_teacher(
     *,
     checkpoint: str | Path | None = None,
     model: str | None = None,
-    dim: int = 512,
+    dim: int | None = None,
     stride: int = 8,
+    oracle_text: str = "auto",
     allow_torchscript: bool = False,
     features: str | Path | None = None,
     features_layout: str = "auto",
@@ -35,8 +36,9 @@ def build_teacher(
 
     ``checkpoint`` is the local weights file of a foundation model and ``model`` its variant
     (SAM: vit_b / vit_l / vit_h; CLIP: an open_clip model name, default ViT-B-16; DINOv2: a timm
-    name, default vit_small_patch14_dinov2; LSeg: clip_vitl16_384). ``dim`` and ``stride`` set the
-    synthetic oracle; ``stride`` also sets CLIP's cell size in pixels. The synthetic oracle needs
+    name, default vit_small_patch14_dinov2; LSeg: clip_vitl16_384). ``dim``, ``stride`` and
+    ``oracle_text`` (its text space, :mod:`feature_splat.teachers.text_space`) set the synthetic
+    oracle; ``stride`` also sets CLIP's cell size in pixels. The synthetic oracle needs
     ``dataset`` with ground-truth labels (a built-in world). ``allow_torchscript`` lets a CLIP
     checkpoint be an OpenAI TorchScript archive, which runs code when loaded. ``precomputed``
     reads the maps in the folder ``features`` for the views of ``dataset``
@@ -56,7 +58,7 @@ def build_teacher(
                 "teacher 'synthetic': needs ground-truth labels, which only the built-in worlds "
                 "have; use a foundation-model teacher (sam, clip, lseg, dino) for real data"
             )
-        return SyntheticTeacher.for_dataset(dataset, dim=dim, stride=stride)
+        return SyntheticTeacher.for_dataset(dataset, dim=dim, stride=stride, text_space=oracle_text)
     if name not in _REQUIREMENTS:
         raise BackendUnavailableError(f"teacher: expected one of {TEACHER_NAMES}, got {name!r}")
     package, extra = _REQUIREMENTS[name]

@@ -4,7 +4,9 @@
 geometry) and the text embeddings of a vocabulary: the dataset's label names, the canonical
 negatives of relevancy, and the labels of precomputed features. :class:`StoredTeacher` answers
 from it; only a text outside the vocabulary, or features missing from the cache, need the real
-teacher, which it then builds (and names what is missing when it cannot).
+teacher, which it then builds (and names what is missing when it cannot). The synthetic oracle's
+record also names its text space: a text outside the vocabulary is then encoded by that space
+directly (MiniLM, or the random vectors), without re-rendering the world.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from feature_splat.errors import CheckpointError, ConfigError, FeatureSplatError
 from feature_splat.io.files import write_npz
 from feature_splat.io.npz_cache import ArraySpec, read_cached
 from feature_splat.teachers.base import Teacher, embeddings_by_name, grid_stride, label_index
+from feature_splat.teachers.text_space import TextSpace
 
 TEACHER_RECORD = "teacher.npz"
-_FORMAT = 1
+_FORMAT = 2  # 2 added the synthetic oracle's text space; records of format 1 are still read
 
 
 class TeacherUnavailableError(ConfigError):
@@ -56,6 +59,9 @@ def write_teacher_record(path: Path, teacher: Teacher, vocabulary: list[str]) ->
         "closed_vocabulary": np.array(bool(vocabulary_of(teacher))),
         "names": np.array(names, dtype=str) if names else np.zeros(0, dtype="<U1"),
         "embeddings": embeddings.astype(np.float32),
+        # The synthetic oracle's text space: with it, any text is encoded without the world.
+        "text_space": np.array(text.name if (text := getattr(teacher, "text", None)) else ""),
+        "text_identity": np.array(text.identity if text else ""),
     }
     return write_npz(path, arrays)
 
@@ -73,7 +79,12 @@ class StoredTeacher:
             "names": ArraySpec((None,)),
             "embeddings": ArraySpec((None, None), np.float32, True),
         }
-        arrays, why = read_cached(path, {"format": _FORMAT}, specs)
+        text_specs = {"text_space": ArraySpec(()), "text_identity": ArraySpec(())}
+        arrays, why = read_cached(path, {"format": _FORMAT}, specs | text_specs)
+        if arrays is None and why.startswith("made from something else"):
+            arrays, why = read_cached(path, {"format": 1}, specs)  # before text spaces
+            if arrays is not None:
+                arrays |= {"text_space": np.array(""), "text_identity": np.array("")}
         if arrays is None:
             raise CheckpointError(f"{path}: not a teacher record this version can read ({why})")
         try:
@@ -85,6 +96,8 @@ class StoredTeacher:
             self.language_aligned = bool(arrays["language_aligned"].item())
             names = [str(n) for n in arrays["names"].tolist()]
             closed = bool(arrays["closed_vocabulary"].item())
+            text_space = str(arrays["text_space"].item())
+            text_identity = str(arrays["text_identity"].item())
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: malformed entry ({err})") from None
         self.resizes_input = stride < 0
@@ -97,6 +110,23 @@ class StoredTeacher:
         self.label_names = names if closed else None  # a closed vocabulary: precomputed labels
         self._embeddings = torch.from_numpy(arrays["embeddings"])
         self._encoded: dict[str, Tensor] = {}  # texts the real teacher encoded
+        self._text_space, self._text_identity = text_space, text_identity
+
+    @cached_property
+    def text(self) -> TextSpace | None:
+        """The oracle's text space, rebuilt here when this machine gives the same one (so a text
+        outside the vocabulary needs neither the world nor the real teacher); else None."""
+        if not self._text_space:
+            return None
+        from feature_splat.prompts.text import CANONICAL_NEGATIVES
+        from feature_splat.teachers.text_space import build_text_space, minilm_installed
+
+        if self._text_space == "minilm" and not minilm_installed():
+            return None
+        classes = [name for name in self.vocabulary if name not in CANONICAL_NEGATIVES]
+        dim = None if self._text_space == "minilm" else self.dim
+        space = build_text_space(self._text_space, classes, dim)
+        return space if space.identity == self._text_identity else None
 
     @cached_property
     def real(self) -> Teacher:
@@ -128,9 +158,11 @@ class StoredTeacher:
         if not unknown:
             return embeddings_by_name(texts, self.vocabulary, self._embeddings, str(self.path))
         new = list(dict.fromkeys(text for text in texts if text not in self._encoded))
+        encoder = self.text.embed if self.text is not None else None
         try:
             if new:
-                self._encoded.update(zip(new, self.real.encode_text(new), strict=True))
+                encoded = encoder(new) if encoder else self.real.encode_text(new)
+                self._encoded.update(zip(new, encoded.float(), strict=True))
             return torch.stack([self._encoded[text] for text in texts])
         except TeacherUnavailableError as err:
             saved = ", ".join(self.vocabulary[:20]) or "none"

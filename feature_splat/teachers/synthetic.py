@@ -13,9 +13,12 @@ from that view's ground-truth labels and instances, shaped like a ViT's patch fe
    ``noise / sqrt(dim)``), seeded by the image hash and ``seed`` so it is deterministic;
 5. L2-normalised per cell.
 
-``encode_text`` maps a class name, a synonym or a phrase containing one ("a photo of a chair") to
-that class's embedding, so text queries segment the world exactly as a perfect CLIP would; any other
-text maps to a pseudo-random unit vector seeded by the text.
+The class embeddings and ``encode_text`` come from a text space
+(:mod:`feature_splat.teachers.text_space`): by default, where it is installed, the real sentence
+embeddings of all-MiniLM-L6-v2, so any phrase is answered by what it means; else pseudo-random
+vectors seeded by the class names, reached only by a class name or a hand-written synonym. Either
+way the image side is an oracle made from the ground truth, and :attr:`SyntheticTeacher.description`
+says so.
 """
 
 from __future__ import annotations
@@ -29,23 +32,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from feature_splat.data.dataset import Dataset
-from feature_splat.data.synthetic.classes import resolve_class
 from feature_splat.data.synthetic.raycast import single_threaded
 from feature_splat.errors import DatasetError, InputShapeError
-from feature_splat.teachers.base import seeded_randn
+from feature_splat.teachers.base import seeded_randn, seeded_unit_vector
+from feature_splat.teachers.text_space import TextSpace, build_text_space
 
 _VERSION = 1  # bump when the features change for the same options
-
-
-def _unit_vector(seed_text: str, dim: int) -> Tensor:
-    """A deterministic pseudo-random unit vector [dim] (float64) seeded by ``seed_text``."""
-    vector = seeded_randn(seed_text, dim)
-    return vector / vector.norm()
-
-
-def class_embedding(name: str, dim: int = 512) -> Tensor:
-    """The oracle embedding [dim] (float32, unit norm) of the class called ``name``."""
-    return _unit_vector(f"class:{name}", dim).float()
 
 
 def image_key(image: Tensor) -> str:
@@ -70,7 +62,8 @@ class SyntheticTeacher:
         image_keys: list[str],
         class_names: list[str],
         *,
-        dim: int = 512,
+        text_space: str = "auto",
+        dim: int | None = None,
         stride: int = 8,
         noise: float = 0.05,
         blur: float = 0.5,
@@ -78,7 +71,9 @@ class SyntheticTeacher:
         seed: int = 0,
     ) -> None:
         """Prefer :meth:`for_dataset`. ``labels`` / ``instances`` [V, H, W] belong to the views
-        whose :func:`image_key` are ``image_keys``; label ``k`` names ``class_names[k]``."""
+        whose :func:`image_key` are ``image_keys``; label ``k`` names ``class_names[k]``.
+        ``text_space`` and ``dim`` choose the language side
+        (:func:`~feature_splat.teachers.text_space.build_text_space`)."""
         if labels.ndim != 3 or instances.shape != labels.shape:
             raise InputShapeError(
                 f"labels, instances: expected two [V, H, W] tensors of one shape, got "
@@ -86,7 +81,7 @@ class SyntheticTeacher:
             )
         if len(image_keys) != labels.shape[0]:
             raise InputShapeError(f"image_keys: {len(image_keys)} keys for {labels.shape[0]} views")
-        if dim < 1 or stride < 1:
+        if (dim is not None and dim < 1) or stride < 1:
             raise InputShapeError(f"dim, stride: expected positive, got dim={dim}, stride={stride}")
         if noise < 0 or blur < 0 or instance_jitter < 0:
             raise InputShapeError(
@@ -97,7 +92,8 @@ class SyntheticTeacher:
                 f"labels: expected class ids in 0..{len(class_names) - 1} (every pixel labelled), "
                 f"got {int(labels.min())}..{int(labels.max())}"
             )
-        self.dim = int(dim)
+        self.text: TextSpace = build_text_space(text_space, list(class_names), dim)
+        self.dim = self.text.dim
         self.stride = int(stride)
         self.noise = float(noise)
         self.blur = float(blur)
@@ -111,20 +107,23 @@ class SyntheticTeacher:
             self._view_of_key.setdefault(key, view)
         world = hashlib.sha256(json.dumps([image_keys, self.class_names]).encode())
         self.world_id = world.hexdigest()[:16]
-        self._class_vectors = torch.stack(
-            [_unit_vector(f"class:{name}", self.dim) for name in self.class_names]
+        self._class_vectors = self.text.embed(self.class_names).double()
+        self.description = (
+            f"synthetic oracle: image side from the ground-truth labels, text side "
+            f"{self.text.description}"
         )
 
     @classmethod
     def for_dataset(
         cls,
         dataset: Dataset,
-        dim: int = 512,
+        dim: int | None = None,
         stride: int = 8,
         noise: float = 0.05,
         blur: float = 0.5,
         instance_jitter: float = 0.25,
         seed: int = 0,
+        text_space: str = "auto",
     ) -> SyntheticTeacher:
         """The oracle for the views of ``dataset``, which must carry ``labels`` and ``instances``."""
         if dataset.labels is None or dataset.instances is None:
@@ -138,6 +137,7 @@ class SyntheticTeacher:
             dataset.instances,
             keys,
             dataset.class_names,
+            text_space=text_space,
             dim=dim,
             stride=stride,
             noise=noise,
@@ -159,6 +159,8 @@ class SyntheticTeacher:
             "instance_jitter": self.instance_jitter,
             "seed": self.seed,
         }
+        if self.text.name != "random":  # the random space kept the identities runs were made with
+            options["text"] = self.text.identity
         digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
         return f"synthetic-{digest[:16]}"
 
@@ -189,16 +191,11 @@ class SyntheticTeacher:
         return torch.stack(features).to(images.device)
 
     def encode_text(self, texts: list[str]) -> Tensor:
-        """Unit embeddings [T, dim]: the class embedding where the text names a class or synonym,
-        else a pseudo-random vector seeded by the (lower-cased, stripped) text."""
+        """Unit embeddings [T, dim] of ``texts`` in the teacher's text space: a class's own
+        embedding for its name."""
         if isinstance(texts, str):
             raise InputShapeError("texts: expected a list of strings, got a single string")
-        vectors = []
-        for text in texts:
-            name = resolve_class(text)
-            seed_text = f"class:{name}" if name is not None else f"text:{text.strip().lower()}"
-            vectors.append(_unit_vector(seed_text, self.dim))
-        return torch.stack(vectors).float() if vectors else torch.zeros(0, self.dim)
+        return self.text.embed(list(texts)).float()
 
     def _features(self, view: int, key: str) -> Tensor:
         """The oracle features [dim, h, w] (float32) of view ``view`` whose image hash is ``key``."""
@@ -215,7 +212,7 @@ class SyntheticTeacher:
         vectors = self._class_vectors[pairs[:, 0]].clone()
         for row, instance in enumerate(pairs[:, 1].tolist()):
             if instance >= 0:
-                jitter = _unit_vector(f"instance:{self.seed}:{instance}", self.dim)
+                jitter = seeded_unit_vector(f"instance:{self.seed}:{instance}", self.dim)
                 vectors[row] += self.instance_jitter * jitter
         rows = torch.arange(height)[:, None] // s
         cols = torch.arange(width)[None, :] // s

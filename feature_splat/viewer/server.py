@@ -21,7 +21,11 @@ import viser
 
 from feature_splat.errors import FeatureSplatError
 from feature_splat.near_field import scene_scale
-from feature_splat.prompts.text import CANONICAL_NEGATIVES
+from feature_splat.prompts.text import (
+    CANONICAL_NEGATIVES,
+    UNCALIBRATED_THRESHOLD,
+    selection_threshold,
+)
 from feature_splat.viewer.camera import ViewPose, dataset_pose, overview_pose, world_up
 from feature_splat.viewer.frames import TEXT_MODES
 from feature_splat.viewer.session import COMBINE, ViewerClient, ViewerSession
@@ -78,8 +82,9 @@ class _BrowserPanel:
                     "Score", ("relevancy", "cosine"), initial_value="relevancy"
                 )
                 self.threshold = gui.add_slider(
-                    "Threshold", min=0.0, max=1.0, step=0.01, initial_value=0.5
-                )
+                    "Threshold", min=0.0, max=1.0, step=0.01,
+                    initial_value=self._default_threshold("relevancy"),
+                )  # fmt: skip
                 self.labels = gui.add_text("Labels", "")
         with gui.add_folder("Selection"):
             self.combine = gui.add_dropdown("Combine", COMBINE, initial_value="new")
@@ -116,7 +121,7 @@ class _BrowserPanel:
         if self.text is not None:
             self.text.on_update(lambda _: self._act(self._text_changed))
             self.negatives.on_update(lambda _: self._act(self._text_changed))
-            self.score.on_update(lambda _: self._act(self._text_changed))
+            self.score.on_update(lambda _: self._act(self._score_changed))
             self.threshold.on_update(lambda _: self._act(self._text_changed))
             self.labels.on_update(lambda _: self._act(self._labels_changed))
         self.combine.on_update(lambda _: setattr(state, "combine", self.combine.value))
@@ -164,6 +169,16 @@ class _BrowserPanel:
             return
         self.state.select_text()
         self._show_mode("relevancy")
+
+    def _default_threshold(self, score: str) -> float:
+        """The teacher's own threshold for ``score`` (:func:`selection_threshold`)."""
+        teacher = self.viewer.session.teacher
+        return UNCALIBRATED_THRESHOLD if teacher is None else selection_threshold(teacher, score)
+
+    def _score_changed(self) -> None:
+        """A new score has its own scale: the slider moves to the teacher's threshold for it."""
+        self.threshold.value = self._default_threshold(self.score.value)
+        self._text_changed()
 
     def _labels_changed(self) -> None:
         self.state.prompt.labels = _split(self.labels.value)

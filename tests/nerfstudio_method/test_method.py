@@ -73,12 +73,14 @@ def _ns_train(root: Path, name: str, iterations: int, *extra: str) -> Path:
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """room as a nerfstudio folder, and the synthetic teacher's cache of its images."""
+    """room as a nerfstudio folder, and the synthetic teacher's cache of its images (the random
+    text space, which the bars above were measured with)."""
     root = tmp_path_factory.mktemp("ns")
     world = load_world("room")
     export_nerfstudio(world, root / "room")
-    _run([str(BIN / "feature-splat"), "encode", "room", "--cache-dir", "cache"], cwd=root)
-    teacher = make_teacher(TrainConfig(data="room"), world)
+    encode = ["encode", "room", "--cache-dir", "cache", "--oracle-text", "random"]
+    _run([str(BIN / "feature-splat"), *encode], cwd=root)
+    teacher = make_teacher(TrainConfig(data="room", oracle_text="random"), world)
     cache = FeatureCache(root / "cache", teacher).folder_of(world.images)
     return {"root": root, "world": world, "cache": cache}
 
@@ -226,6 +228,45 @@ def test_viewer_prompts(trained: Path, scene: dict, monkeypatch: pytest.MonkeyPa
     query = torch.nn.functional.normalize(model.decoder(model.clicked_feature), dim=-1)
     similarity = model.decoder.cosines(features.detach(), query[None])[..., 0]
     assert float(similarity[chair].mean()) > float(similarity[~chair].mean()) + 0.2
+
+
+def test_minilm_text_space_answers_paraphrases_in_the_method(
+    scene: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache encoded with the MiniLM oracle (installed in this environment too): the method's
+    teacher encodes a prompt no vocabulary holds ("couch") with the model itself, from the cache's
+    record alone, and its relevancy picks out the sofa."""
+    from feature_splat.teachers.text_space import MiniLMTextSpace
+
+    root, world = scene["root"], scene["world"]
+    encode = ["encode", "room", "--cache-dir", "cache-minilm", "--oracle-text", "minilm"]
+    _run([str(BIN / "feature-splat"), *encode], cwd=root)
+    teacher = make_teacher(TrainConfig(data="room", oracle_text="minilm"), world)
+    cache = FeatureCache(root / "cache-minilm", teacher).folder_of(world.images)
+    config = _ns_train(
+        root, "minilm", ITERATIONS, "--pipeline.datamanager.feature-cache", str(cache)
+    )
+    pipeline, _ = _loaded(config, root, monkeypatch)
+    model = pipeline.model
+    assert model.teacher.dim == 384
+    couch = model.teacher.encode_text(["couch"])
+    torch.testing.assert_close(couch, MiniLMTextSpace().embed(["couch"]), atol=1e-6, rtol=0)
+    evaluation = pipeline.datamanager.eval_dataset
+    best = 0.0
+    for i in range(len(evaluation)):
+        name = Path(evaluation.image_filenames[i]).stem
+        (view,) = [v for v in world.test_indices if world.image_names[v].endswith(name)]
+        sofa = world.labels[view] == world.class_names.index("sofa")
+        if sofa.sum() < 100:
+            continue
+        camera = _our_camera(evaluation.cameras[i : i + 1], world.width, world.height)
+        features = model.field().render(camera).features[0].detach()
+        texts = model.teacher.encode_text(["couch", *CANONICAL_NEGATIVES])
+        cosines = model.decoder.cosines(features, torch.nn.functional.normalize(texts, dim=-1))
+        pairs = torch.stack([cosines[..., :1].expand_as(cosines[..., 1:]), cosines[..., 1:]], -1)
+        relevancy = torch.softmax(10 * pairs, dim=-1)[..., 0].min(dim=-1).values
+        best = max(best, float(relevancy[sofa].mean() - relevancy[~sofa].mean()))
+    assert best > 0.05, best
 
 
 def test_rgb_only_without_a_cache(scene: dict) -> None:
