@@ -137,7 +137,11 @@ def run_text_bench(config: TextBenchConfig, console: Console | None = None) -> d
     labels = surface_labels(field, dataset)
     class_text = teacher.encode_text(names)
     everything = {**{name: (name,) for name in names}, **prompts}
-    for prompt, classes in everything.items():
+    held_out = {  # [P, V, H, W] per score: each held-out view rendered once per score
+        score: prompt_score_maps(field, dataset, teacher, list(everything), test, score)
+        for score in SCORES
+    }
+    for p, (prompt, classes) in enumerate(everything.items()):
         truth = class_masks(dataset, list(classes), test)
         ids = [dataset.class_names.index(c) for c in classes]
         nearest = names[int((teacher.encode_text([prompt]) @ class_text.T).argmax())]
@@ -148,7 +152,7 @@ def run_text_bench(config: TextBenchConfig, console: Console | None = None) -> d
             "nearest_class_name": nearest,
         }
         for score in SCORES:
-            maps = prompt_score_maps(field, dataset, teacher, [prompt], test, score)[0]
+            maps = held_out[score][p]
             selected = gaussian_scores(field, teacher, prompt, mode=score) > thresholds[score]
             picked = selection_scores(selected, labels, ids)
             row[f"iou_2d_{score}"] = mask_iou(maps, truth, thresholds[score])
