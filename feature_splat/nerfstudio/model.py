@@ -49,7 +49,7 @@ from feature_splat.nerfstudio.params import (
 )
 from feature_splat.prompts.text import CANONICAL_NEGATIVES
 from feature_splat.teachers import grid_stride
-from feature_splat.training.config import InitName, TrainConfig
+from feature_splat.training.config import InitName, TrainConfig, resolve_feature_loss
 from feature_splat.training.losses import decode_at_cells, distillation_loss
 from feature_splat.training.trainer import initial_gaussians, strategy_info
 from feature_splat.viewer.frames import TextPrompt, render_frame
@@ -73,7 +73,9 @@ class FeatureSplatModelConfig(SplatfactoModelConfig):
     decoder: Literal["linear", "mlp"] = "linear"
     """Speed-up decoder F -> the teacher's width: linear (exact per-Gaussian decoding) or an MLP."""
     decoder_hidden: tuple[int, ...] = (128,)
-    feature_loss: Literal["l1", "cosine"] = "l1"
+    feature_loss: Literal["auto", "l1", "cosine"] = "auto"
+    """auto: 1 - cosine for language-aligned teachers (synthetic, CLIP, LSeg), L1 otherwise, as
+    `feature-splat train` chooses."""
     feature_weight: float = 1.0
     """Weight of the feature loss against splatfacto's RGB loss."""
     background_color: Literal["learned", "random", "black", "white"] = "learned"
@@ -109,6 +111,9 @@ class FeatureSplatModel(SplatfactoModel):
         source: FeatureSource = self.kwargs["metadata"][SOURCE_KEY]
         self.teacher = source.teacher
         self.grid_stride = None if source.teacher is None else grid_stride(source.teacher)
+        self.feature_loss = resolve_feature_loss(
+            config.feature_loss, None if source.teacher is None else source.teacher.name
+        )
         feature_dim = config.feature_dim if source.teacher is not None else 0
         self.scene_scale = scene_scale(source.scene.cameras)
         self.training_cameras = source.scene.cameras
@@ -361,7 +366,7 @@ class FeatureSplatModel(SplatfactoModel):
         if target is not None and self.decoder.in_dim > 0:
             losses["feature_loss"] = self.config.feature_weight * distillation_loss(
                 outputs["features"], target.to(self.device), self.decoder, self.grid_stride,
-                self.config.feature_loss,
+                self.feature_loss,
             )  # fmt: skip
         return losses
 

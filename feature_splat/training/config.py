@@ -34,6 +34,14 @@ MAX_TEACHER_DIM = 1 << 16
 MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 16, 16384
 
 
+def resolve_feature_loss(choice: str, teacher: str | None) -> str:
+    """``auto`` made definite for a teacher named ``teacher``: cosine for the teachers whose
+    features are compared with text by cosine (:data:`COSINE_TEACHERS`), L1 for the others."""
+    if choice != "auto":
+        return choice
+    return "cosine" if teacher in COSINE_TEACHERS else "l1"
+
+
 @dataclass
 class LearningRates:
     """Adam learning rates per parameter group (the 3DGS defaults; means scale with the scene)."""
@@ -206,8 +214,7 @@ class TrainConfig:
             check_int(width, "decoder_hidden", 1, MAX_TEACHER_DIM)
         check_int(self.iterations, "iterations", 1, MAX_ITERATIONS)
         check_choice(self.feature_loss, "feature_loss", ("auto", "l1", "cosine"))
-        if self.feature_loss == "auto":
-            self.feature_loss = "cosine" if self.teacher in COSINE_TEACHERS else "l1"
+        self.feature_loss = resolve_feature_loss(self.feature_loss, self.teacher)
         check_float(self.feature_weight, "feature_weight", 0.0)
         check_int(self.sh_degree, "sh_degree", 0, 3)
         check_int(self.sh_degree_every, "sh_degree_every", 1)
