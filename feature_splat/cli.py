@@ -52,6 +52,11 @@ from feature_splat.generalizable.config import (
     GenPredictConfig,
     GenTrainConfig,
 )
+from feature_splat.generalizable.driving.config import (
+    DriveEvalConfig,
+    DriveFitConfig,
+    DriveTrainConfig,
+)
 from feature_splat.lifting.config import LiftConfig
 from feature_splat.training.config import TrainConfig
 
@@ -94,6 +99,17 @@ class GenCommands:
 
 
 @dataclass
+class DriveCommands:
+    """Driving scenes: six cameras of one frame in, a feature field and occupancy out."""
+
+    command: (
+        Annotated[DriveFitConfig, _sub("fit-fields", "per-scene fields of whole drives", True)]
+        | Annotated[DriveTrainConfig, _sub("train", "train the driving predictor", True)]
+        | Annotated[DriveEvalConfig, _sub("eval", "held-out drives: views, depth, occupancy", True)]
+    )
+
+
+@dataclass
 class BenchCommands:
     """Benchmarks: they measure and write results.json; figures go to docs/benchmarks.md."""
 
@@ -127,6 +143,7 @@ Command = (
     | Annotated[ViewConfig, _sub("view", "open a run in the browser: prompts and edits")]
     | Annotated[ImportNsConfig, _sub("import-ns", "a finished ns-train feature-splat run as a run")]
     | Annotated[GenCommands, _sub("gen", "feed-forward feature Gaussians (object mode)")]
+    | Annotated[DriveCommands, _sub("drive", "driving scenes: one frame in (DistillNeRF)")]
     | Annotated[BenchCommands, _sub("bench", "benchmarks (never run as tests)")]
     | Annotated[WorldsCommands, _sub("worlds", "the built-in synthetic worlds")]
 )
@@ -307,6 +324,9 @@ RUNNERS: dict[type, Callable[[Any], Any]] = {
     GenEvalConfig: _imported("feature_splat.generalizable.commands:run_eval"),
     GenPredictConfig: _imported("feature_splat.generalizable.commands:run_predict"),
     FitFieldsConfig: _imported("feature_splat.generalizable.commands:run_fit_fields"),
+    DriveFitConfig: _imported("feature_splat.generalizable.driving.offline:run_fit_fields"),
+    DriveTrainConfig: _imported("feature_splat.generalizable.driving.training:run_training"),
+    DriveEvalConfig: _imported("feature_splat.generalizable.driving.evaluation:run_eval"),
     RasterBenchConfig: _imported("feature_splat.bench.raster:run_raster_bench"),
     PromptBenchConfig: _imported("feature_splat.bench.prompts:run_prompt_bench"),
     TextBenchConfig: _imported("feature_splat.bench.text:run_text_bench"),
@@ -344,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         config = tyro.cli(
             Command, args=argv, prog="feature-splat", config=(tyro.conf.OmitSubcommandPrefixes,)
         )
-        while isinstance(config, WorldsCommands | GenCommands | BenchCommands):
+        while isinstance(config, WorldsCommands | GenCommands | DriveCommands | BenchCommands):
             config = config.command
         RUNNERS[type(config)](config)
     except FeatureSplatError as err:

@@ -63,3 +63,21 @@ def segmentation_scores(pred: Tensor, target: Tensor, n_classes: int) -> dict[st
         "miou": float(iou[present].mean()) if bool(present.any()) else math.nan,
         "per_class_iou": {int(k): float(iou[k]) for k in torch.nonzero(present)[:, 0]},
     }
+
+
+def depth_metrics(pred: Tensor, target: Tensor, max_depth: float = math.inf) -> dict[str, float]:
+    """AbsRel, RMSE and the fraction with ``max(d / d*, d* / d) < 1.25`` of depths [...] over the
+    pixels whose target is finite, positive and at most ``max_depth``; predictions are clipped to
+    ``[1e-3, max_depth]`` first (KITTI's and nuScenes' protocol), so an empty pixel (inf) counts as
+    the farthest depth."""
+    known = torch.isfinite(target) & (target > 0) & (target <= max_depth)
+    if not bool(known.any()):
+        return {"absrel": math.nan, "rmse": math.nan, "delta1": math.nan}
+    d = pred.detach().float()[known].nan_to_num(posinf=max_depth).clamp(1e-3, max_depth)
+    t = target.float()[known]
+    ratio = torch.maximum(d / t, t / d)
+    return {
+        "absrel": float(((d - t).abs() / t).mean()),
+        "rmse": float(((d - t) ** 2).mean().sqrt()),
+        "delta1": float((ratio < 1.25).float().mean()),
+    }

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -37,26 +36,21 @@ from feature_splat.generalizable.evaluation import (
     headline,
     keypoint_queries,
 )
-from feature_splat.generalizable.training import MODEL_NAME, load_model, offline_field_dir
+from feature_splat.generalizable.training import load_model, model_file, offline_field_dir
 from feature_splat.io import atomic_write_bytes, write_json, write_png
 from feature_splat.io.outputs import prepare_output
 from feature_splat.visualize import depth_rgb, draw_points, label_rgb, pca_rgb
 
 
-def _model_file(path: Path) -> Path:
-    """A run folder's ``model.pt``, or the file itself."""
-    return path / MODEL_NAME if path.is_dir() else path
-
-
 def run_eval(config: GenEvalConfig) -> dict:
     """Score the model, the optional baseline and the teacher; write eval.json and PNGs."""
-    model_path = _model_file(config.model)
+    model_path = model_file(config.model)
     model, extra = load_model(model_path)
     train_config = extra.get("train_config", {})
     teacher = TeacherConfig(**train_config.get("teacher", {})).build()
     models = {"model": model}
     if config.baseline is not None:
-        models["no distillation"] = load_model(_model_file(config.baseline))[0]
+        models["no distillation"] = load_model(model_file(config.baseline))[0]
     out = prepare_output(config.out or model_path.parent / "eval", "gen-eval")
     console = Console()
     results: dict = {"pairs": config.pairs, "input_views": config.input_views, "categories": {}}
@@ -158,7 +152,7 @@ def transfer_figure(
 
 def run_predict(config: GenPredictConfig) -> dict:
     """Predict the field, save it, and write a PNG grid: inputs, then RGB / depth / PCA per orbit view."""
-    model, _ = load_model(_model_file(config.model))
+    model, _ = load_model(model_file(config.model))
     images, cameras = _input_views(config)
     out = prepare_output(config.out, "gen-predict", inputs=[config.data])
     start = time.perf_counter()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Self
 
 import tyro
 
@@ -89,8 +89,8 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
-class PredictorConfig:
-    """Architecture of :class:`~feature_splat.generalizable.network.GaussianPredictor`."""
+class UNetPredictorConfig:
+    """What every per-pixel Gaussian predictor's architecture has: a U-Net and a linear decoder."""
 
     feature_dim: int = 16
     """F: feature channels per Gaussian (rendered, then decoded to the teacher's width)."""
@@ -98,14 +98,6 @@ class PredictorConfig:
     """M: the teacher's feature width (the decoder's output)."""
     widths: tuple[int, ...] = (32, 64, 96, 128)
     """U-Net channels per level; each level after the first halves the resolution."""
-    gaussians_per_pixel: int = 1
-    """Gaussians predicted at each pixel of each input view (more can cover occluded surfaces)."""
-    depth_range: float = 0.6
-    """Predicted depths lie within ``ref * (1 +- depth_range)``."""
-    max_offset: float = 0.1
-    """Largest 3D offset from the ray point, as a fraction of ``ref``."""
-    background_rgb: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """Colour behind the object (the object renders' background)."""
 
     def __post_init__(self) -> None:
         check_int(self.feature_dim, "model.feature_dim", 1, 1024)
@@ -114,13 +106,6 @@ class PredictorConfig:
             raise ConfigError(f"--model.widths: expected 1 to 8 levels, got {len(self.widths)}")
         for width in self.widths:
             check_int(width, "model.widths", 1, 4096)
-        check_int(self.gaussians_per_pixel, "model.gaussians_per_pixel", 1, 16)
-        check_float(self.depth_range, "model.depth_range", 0.0, 0.99, positive=True)
-        check_float(self.max_offset, "model.max_offset", 0.0)
-        if len(self.background_rgb) != 3:
-            raise ConfigError("--model.background-rgb: expected 3 values")
-        for value in self.background_rgb:
-            check_float(value, "model.background_rgb", 0.0, 1.0)
 
     @property
     def size_multiple(self) -> int:
@@ -131,11 +116,33 @@ class PredictorConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> PredictorConfig:
-        values = dict(values)
-        values["widths"] = tuple(values["widths"])
-        values["background_rgb"] = tuple(values["background_rgb"])
-        return cls(**values)
+    def from_dict(cls, values: dict) -> Self:
+        """The config :meth:`to_dict` wrote (JSON lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class PredictorConfig(UNetPredictorConfig):
+    """Architecture of :class:`~feature_splat.generalizable.network.GaussianPredictor`."""
+
+    gaussians_per_pixel: int = 1
+    """Gaussians predicted at each pixel of each input view (more can cover occluded surfaces)."""
+    depth_range: float = 0.6
+    """Predicted depths lie within ``ref * (1 +- depth_range)``."""
+    max_offset: float = 0.1
+    """Largest 3D offset from the ray point, as a fraction of ``ref``."""
+    background_rgb: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Colour behind the object (the object renders' background)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int(self.gaussians_per_pixel, "model.gaussians_per_pixel", 1, 16)
+        check_float(self.depth_range, "model.depth_range", 0.0, 0.99, positive=True)
+        check_float(self.max_offset, "model.max_offset", 0.0)
+        if len(self.background_rgb) != 3:
+            raise ConfigError("--model.background-rgb: expected 3 values")
+        for value in self.background_rgb:
+            check_float(value, "model.background_rgb", 0.0, 1.0)
 
 
 @dataclass

@@ -99,6 +99,8 @@ class UNet(nn.Module):
 class GaussianPredictor(nn.Module):
     """Image(s) of an object with their cameras -> a :class:`FeatureField` (per-pixel Gaussians)."""
 
+    config_type = PredictorConfig
+
     def __init__(self, config: PredictorConfig) -> None:
         super().__init__()
         if config.feature_dim < 1 or config.teacher_dim < 1 or config.gaussians_per_pixel < 1:

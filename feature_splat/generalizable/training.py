@@ -28,14 +28,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from feature_splat.data.synthetic.object_views import ObjectViews
 from feature_splat.errors import CheckpointError, ConfigError, DatasetError
 from feature_splat.field import FeatureField
-from feature_splat.generalizable.config import GenTrainConfig, PredictorConfig
+from feature_splat.generalizable.config import GenTrainConfig
 from feature_splat.generalizable.network import GaussianPredictor
 from feature_splat.io import write_json
 from feature_splat.io.checkpoints import build_checked, read_checkpoint, write_checkpoint
@@ -46,6 +47,9 @@ from feature_splat.teachers.base import pool_to_cells
 from feature_splat.teachers.object_oracle import ObjectOracleTeacher
 from feature_splat.training.loop import run_steps
 from feature_splat.training.losses import photometric_loss
+
+if TYPE_CHECKING:
+    from feature_splat.generalizable.driving.config import DriveTrainConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
@@ -101,8 +105,87 @@ def offline_field_dir(root: Path, views: ObjectViews) -> Path:
     return Path(root) / views.instance.category / f"{views.instance.index:06d}"
 
 
-class GenTrainer:
+class PredictorTrainer:
+    """What the feed-forward trainers share: Adam with a cosine-decayed rate, a loss history of
+    every 10th step, and checkpoints from which a run resumes exactly. Subclasses give
+    ``_sample()`` (a step's random draws) and ``losses(*sample)`` (with a ``total``)."""
+
+    label = "train"
+
+    def __init__(self, config: GenTrainConfig | DriveTrainConfig, model: nn.Module) -> None:
+        self.config = config
+        self.model = model
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    def _sample(self) -> tuple:
+        raise NotImplementedError
+
+    def losses(self, *sample: object) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def status(self, stats: dict[str, float]) -> str:
+        """The progress bar's text."""
+        return f"loss {stats['total']:.4f}  rgb {stats['rgb']:.4f}"
+
+    def train_step(self) -> dict[str, float]:
+        """One optimisation step; returns its losses."""
+        progress = self.step / max(self.config.iterations - 1, 1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr * (
+                0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+            )
+        losses = self.losses(*self._sample())
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        self.optimizer.step()
+        self.step += 1
+        stats = {name: float(value.detach()) for name, value in losses.items()}
+        if self.step % 10 == 0 or self.step == self.config.iterations:
+            self.history.append({"step": self.step, **stats})
+        return stats
+
+    def train(self, show_progress: bool = True, until: int | None = None) -> None:
+        """Run to step ``until`` (default ``config.iterations``), then write a checkpoint."""
+        config = self.config
+        run_steps(
+            self, total=config.iterations, until=until, checkpoint_every=config.checkpoint_every,
+            label=self.label, status=self.status, show_progress=show_progress,
+        )  # fmt: skip
+        self.save_checkpoint()
+
+    def save_checkpoint(self) -> Path:
+        """Write weights, optimiser, step and sampling RNG atomically to ``out/checkpoint.pt``."""
+        state = {
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "history": self.history,
+        }
+        return write_checkpoint(self.config.out / CHECKPOINT_NAME, state)
+
+    def load_checkpoint(self) -> None:
+        """Restore the state written by :meth:`save_checkpoint` (read with ``weights_only=True``)."""
+        path = self.config.out / CHECKPOINT_NAME
+        state = read_checkpoint(path, "checkpoint")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.generator.set_state(state["generator"])
+            self.step = int(state["step"])
+            self.history = list(state["history"])
+        except Exception as err:
+            raise CheckpointError(f"{path}: not a checkpoint of this model ({err})") from None
+
+
+class GenTrainer(PredictorTrainer):
     """Optimises a :class:`GaussianPredictor` over a list of instances."""
+
+    label = "gen train"
 
     def __init__(self, config: GenTrainConfig, targets: list[InstanceTargets]) -> None:
         if not targets:
@@ -113,14 +196,9 @@ class GenTrainer:
                 f"GenTrainer: input_views + target_views = "
                 f"{config.input_views + config.target_views} exceeds the {n_views} views per instance"
             )
-        self.config = config
         self.targets = targets
         torch.manual_seed(config.seed)
-        self.model = GaussianPredictor(config.model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.step = 0
-        self.history: list[dict[str, float]] = []
+        super().__init__(config, GaussianPredictor(config.model))
 
     # -- one step -------------------------------------------------------------------------------
     def _sample(self) -> tuple[list[int], list[Tensor], int]:
@@ -192,66 +270,8 @@ class GenTrainer:
             losses["offline_feature"] = _cosine_loss(decoded, target.offline_maps[views])
         return losses
 
-    def train_step(self) -> dict[str, float]:
-        """One optimisation step; returns the batch's losses."""
-        progress = self.step / max(self.config.iterations - 1, 1)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr * (
-                0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
-            )
-        losses = self.losses(*self._sample())
-        self.optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        self.optimizer.step()
-        self.step += 1
-        stats = {name: float(value.detach()) for name, value in losses.items()}
-        if self.step % 10 == 0 or self.step == self.config.iterations:
-            self.history.append({"step": self.step, **stats})
-        return stats
-
-    # -- the loop -------------------------------------------------------------------------------
-    def train(self, show_progress: bool = True, until: int | None = None) -> None:
-        """Run to step ``until`` (default ``config.iterations``), recording the losses of every
-        10th step in ``history``."""
-        config = self.config
-        run_steps(
-            self,
-            total=config.iterations,
-            until=until,
-            checkpoint_every=config.checkpoint_every,
-            label="gen train",
-            status=lambda stats: (
-                f"loss {stats['total']:.4f}  rgb {stats['rgb']:.4f}  feature {stats['feature']:.4f}"
-            ),
-            show_progress=show_progress,
-        )
-        self.save_checkpoint()
-
-    # -- checkpoints ----------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path:
-        """Write weights, optimiser, step and sampling RNG atomically to ``out/checkpoint.pt``."""
-        state = {
-            "step": self.step,
-            "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "history": self.history,
-        }
-        return write_checkpoint(self.config.out / CHECKPOINT_NAME, state)
-
-    def load_checkpoint(self) -> None:
-        """Restore the state written by :meth:`save_checkpoint` (read with ``weights_only=True``)."""
-        path = self.config.out / CHECKPOINT_NAME
-        state = read_checkpoint(path, "checkpoint")
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.generator.set_state(state["generator"])
-            self.step = int(state["step"])
-            self.history = list(state["history"])
-        except Exception as err:
-            raise CheckpointError(f"{path}: not a checkpoint of this model ({err})") from None
+    def status(self, stats: dict[str, float]) -> str:
+        return f"loss {stats['total']:.4f}  rgb {stats['rgb']:.4f}  feature {stats['feature']:.4f}"
 
 
 def _cosine_loss(decoded: Tensor, target_maps: Tensor) -> Tensor:
@@ -266,9 +286,18 @@ def save_model(path: Path, model: GaussianPredictor, extra: dict | None = None) 
     return write_checkpoint(path, saved)
 
 
-def load_model(path: Path) -> tuple[GaussianPredictor, dict]:
+def model_file(path: Path) -> Path:
+    """A run folder's ``model.pt``, or the file itself."""
+    path = Path(path)
+    return path / MODEL_NAME if path.is_dir() else path
+
+
+def load_model(
+    path: Path, model_type: type[nn.Module] = GaussianPredictor
+) -> tuple[nn.Module, dict]:
     """Read a predictor written by :func:`save_model`; returns it (in eval mode) and the extras.
-    The stored config is checked against the stored weights before the model is built."""
+    ``model_type`` (a predictor class with a ``config_type``) says which model the file holds;
+    the stored config is checked against the stored weights before the model is built."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
@@ -281,39 +310,53 @@ def load_model(path: Path) -> tuple[GaussianPredictor, dict]:
         stored = saved.pop("config")
         if not isinstance(stored, dict):
             raise TypeError(f"expected a dict, got {type(stored).__name__}")
-        config = PredictorConfig.from_dict(stored)
+        config = model_type.config_type.from_dict(stored)
     except (ConfigError, TypeError, KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: config: {err}") from None
-    model = build_checked(lambda: GaussianPredictor(config), saved.pop("state"), str(path))
+    model = build_checked(lambda: model_type(config), saved.pop("state"), str(path))
     return model.eval(), saved
 
 
-def run_training(config: GenTrainConfig, show_progress: bool = True) -> GenTrainer:
-    """Load the data, train (or resume), and write ``model.pt``, ``config.json`` and ``history.json``."""
-    out = config.out
-    started = output_kind(out) == GEN_RUN_KIND and (out / CONFIG_NAME).is_file()
-    if started and not config.resume:
+def check_run_state(out: Path, kind: str, resume: bool) -> bool:
+    """Refuse to start over an existing run of ``kind`` in ``out`` without ``resume``, or to
+    resume where there is none; returns whether ``out`` holds a started run."""
+    started = output_kind(out) == kind and (out / CONFIG_NAME).is_file()
+    if started and not resume:
         raise CheckpointError(
             f"{out}: a run already exists here; pass --resume or choose another folder"
         )
-    if config.resume and not started:
+    if resume and not started:
         raise CheckpointError(f"{out}: no run to resume here (train without --resume)")
-    if config.resume:
-        _check_resume(out, config)
-    teacher = config.teacher.build()
-    targets = prepare_targets(config.data.load("train"), teacher, config.offline_fields)
-    prepare_output(out, GEN_RUN_KIND)
-    trainer = GenTrainer(config, targets)
+    return started
+
+
+def train_and_save(trainer: PredictorTrainer, show_progress: bool = True) -> None:
+    """Continue from the run's checkpoint (when resuming), train, and write ``config.json``,
+    ``history.json`` and ``model.pt`` (with the training config as its extra)."""
+    config = trainer.config
+    out = config.out
     if config.resume and (out / CHECKPOINT_NAME).is_file():
         trainer.load_checkpoint()
     write_json(out / CONFIG_NAME, config.to_dict())
     trainer.train(show_progress=show_progress)
     write_json(out / "history.json", trainer.history)
     save_model(out / MODEL_NAME, trainer.model, {"train_config": config.to_dict()})
+
+
+def run_training(config: GenTrainConfig, show_progress: bool = True) -> GenTrainer:
+    """Load the data, train (or resume), and write ``model.pt``, ``config.json`` and ``history.json``."""
+    check_run_state(config.out, GEN_RUN_KIND, config.resume)
+    if config.resume:
+        _check_resume(config.out, config)
+    teacher = config.teacher.build()
+    targets = prepare_targets(config.data.load("train"), teacher, config.offline_fields)
+    prepare_output(config.out, GEN_RUN_KIND)
+    trainer = GenTrainer(config, targets)
+    train_and_save(trainer, show_progress)
     return trainer
 
 
-def _check_resume(out: Path, config: GenTrainConfig) -> None:
+def _check_resume(out: Path, config: GenTrainConfig | DriveTrainConfig) -> None:
     """Refuse a resume whose data, teacher or model settings differ from the stored ones."""
     path = out / CONFIG_NAME
     stored = read_json_object(path)
