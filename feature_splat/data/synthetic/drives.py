@@ -347,13 +347,15 @@ def load_drives(
     height: int,
     *,
     n_frames: int = 8,
+    frame_spacing: float = 2.0,
     cache_dir: str | Path | None = None,
     supersample: int = 2,
     progress: bool = True,
 ) -> list[DriveViews]:
-    """The first ``count`` drives of ``split`` (:func:`drive_seeds`), ``n_frames`` frames each,
-    rendered at ``width`` x ``height`` px (cached like :func:`render_drive`)."""
-    drives = [build_drive(seed, n_frames) for seed in drive_seeds(split, count)]
+    """The first ``count`` drives of ``split`` (:func:`drive_seeds`), ``n_frames`` frames each
+    ``frame_spacing`` metres apart, rendered at ``width`` x ``height`` px (cached like
+    :func:`render_drive`)."""
+    drives = [build_drive(seed, n_frames, frame_spacing) for seed in drive_seeds(split, count)]
     return _render_drives(drives, width, height, cache_dir, supersample, progress)
 
 

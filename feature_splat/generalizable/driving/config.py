@@ -49,17 +49,12 @@ class DriveDataConfig:
 
     def load(self, split: str) -> list[DriveViews]:
         """The split's drives, rendered (or read from the cache)."""
-        from feature_splat.data.synthetic.drives import build_drive, drive_seeds, render_drive
+        from feature_splat.data.synthetic.drives import load_drives
 
-        return [
-            render_drive(
-                build_drive(seed, n_frames=self.frames, frame_spacing=self.frame_spacing),
-                self.width,
-                self.height,
-                cache_dir=self.cache_dir,
-            )
-            for seed in drive_seeds(split, self.drives)
-        ]
+        return load_drives(
+            split, self.drives, self.width, self.height, n_frames=self.frames,
+            frame_spacing=self.frame_spacing, cache_dir=self.cache_dir,
+        )  # fmt: skip
 
 
 @dataclass

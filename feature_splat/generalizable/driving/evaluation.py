@@ -37,6 +37,7 @@ from feature_splat.decoders import SpeedUpDecoder
 from feature_splat.errors import ConfigError
 from feature_splat.eval.metrics import depth_metrics, feature_cosine, psnr, segment_by_text, ssim
 from feature_splat.eval.occupancy import (
+    FREE,
     OccupancyGrid,
     bev_image,
     camera_visibility,
@@ -215,11 +216,15 @@ def run_eval(config: DriveEvalConfig) -> dict:
                         scores["queries"] = _query_iou(labels, views.labels[at], label_set, names)
                     record[kind] = scores
                 if has_features:
-                    for threshold in (config.density_threshold, *config.density_sweep):
-                        occupied, _ = field_occupancy(
-                            method_field, grid, ego, texts[1:], occupancy_ids,
-                            density_threshold=threshold,
-                        )  # fmt: skip
+                    # A voxel's label does not depend on the threshold, only whether it counts:
+                    # splat once at the lowest threshold, then keep the voxels above each one.
+                    thresholds = (config.density_threshold, *config.density_sweep)
+                    labels, density = field_occupancy(
+                        method_field, grid, ego, texts[1:], occupancy_ids,
+                        density_threshold=min(thresholds),
+                    )  # fmt: skip
+                    for threshold in thresholds:
+                        occupied = torch.where(density > threshold, labels, FREE)
                         scores = occupancy_metrics(occupied, truth, visible, names, occupancy_ids)
                         if threshold == config.density_threshold:
                             record["occupancy"] = scores
