@@ -29,9 +29,11 @@ from feature_splat.bench.config import (
     LiftScaleBenchConfig,
     PromptBenchConfig,
     RasterBenchConfig,
+    RooflineBenchConfig,
     SamBenchConfig,
     SpeedupBenchConfig,
     TextBenchConfig,
+    TrainStepBenchConfig,
     ViewerBenchConfig,
 )
 from feature_splat.config import (
@@ -125,6 +127,12 @@ class BenchCommands:
         | Annotated[LiftBenchConfig, _sub("lift", "lifting vs distillation on the same 3DGS", True)]
         | Annotated[
             LiftScaleBenchConfig, _sub("lift-scale", "lifting time and memory at scale", True)
+        ]
+        | Annotated[
+            TrainStepBenchConfig, _sub("train-step", "seconds per training step, losses", True)
+        ]
+        | Annotated[
+            RooflineBenchConfig, _sub("roofline", "cpu compositing vs the machine's peak", True)
         ]
     )
 
@@ -335,6 +343,8 @@ RUNNERS: dict[type, Callable[[Any], Any]] = {
     ViewerBenchConfig: _imported("feature_splat.bench.viewer:run_viewer_bench"),
     LiftBenchConfig: _imported("feature_splat.bench.lift:run_lift_bench"),
     LiftScaleBenchConfig: _imported("feature_splat.bench.lift:run_lift_scale_bench"),
+    TrainStepBenchConfig: _imported("feature_splat.bench.train_step:run_train_step_bench"),
+    RooflineBenchConfig: _imported("feature_splat.bench.roofline:run_roofline_bench"),
 }  # fmt: skip
 
 

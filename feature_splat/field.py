@@ -15,7 +15,7 @@ from feature_splat.errors import CheckpointError, InputShapeError
 from feature_splat.gaussians import GaussianField, quat_to_rotmat
 from feature_splat.io import read_ply, write_ply
 from feature_splat.io.checkpoints import read_checkpoint, write_checkpoint
-from feature_splat.rasterizer import rasterize
+from feature_splat.rasterizer import check_values, rasterize
 from feature_splat.rasterizer.backends import Backend
 
 PLY_NAME = "point_cloud.ply"
@@ -78,11 +78,14 @@ class FeatureField:
         backend: Backend = "auto",
         sh_degree: int | None = None,
         channels: Tensor | None = None,
+        validate: bool = True,
     ) -> FieldRender:
         """Render RGB and features in one rasterizer pass.
 
         ``channels`` [N, K], when given, are rendered in place of the features (over a zero
         background): per-Gaussian values such as a selection indicator, composited like colour.
+        ``validate=False`` skips the rasterizer's value checks, for callers that render the
+        same field many times and ran :meth:`check_values` once (the trainer, the viewer).
         """
         g = self.gaussians
         degree = self.sh_degree if sh_degree is None else sh_degree
@@ -100,10 +103,22 @@ class FeatureField:
             g.means, g.quats, g.scales, g.opacities, torch.cat([colors, features], dim=-1),
             cameras.viewmats.to(g.means), cameras.Ks.to(g.means), cameras.width, cameras.height,
             near_plane=self.near_plane, backgrounds=background, backend=backend,
+            validate=validate,
         )  # fmt: skip
         return FieldRender(
             out.features[..., :3], out.features[..., 3:], out.depth, out.alpha, out.meta
         )
+
+    def check_values(self, cameras: Cameras | None = None) -> None:
+        """The rasterizer's value checks on this field (and ``cameras``, when given), once:
+        finite parameters, valid scales, opacities and quaternions, rigid cameras."""
+        g = self.gaussians
+        check_values(
+            g.means, g.quats, g.scales, g.opacities,
+            None if cameras is None else cameras.viewmats.to(g.means),
+            None if cameras is None else cameras.Ks.to(g.means),
+            g.features, self.background,
+        )  # fmt: skip
 
     def features_at(self, points: Tensor, neighbours: int = 16, chunk: int = 2048) -> Tensor:
         """Features [Q, F] at arbitrary 3D points [Q, 3], interpolated from nearby Gaussians.

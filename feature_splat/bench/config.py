@@ -216,3 +216,56 @@ class LiftScaleBenchConfig:
         check_int(self.stride, "stride", 1, 256)
         check_int(self.feature_dim, "feature_dim", 1, self.teacher_dim)
         check_int(self.threads, "threads", 1, 1024)
+
+
+@dataclass
+class TrainStepBenchConfig:
+    """Seconds per training step of the demo and of tabletop at 256x192 (results.json)."""
+
+    out: Path = Path("outputs/bench_train_step")
+    steps: int = 300
+    """Timed steps per case (all before the first densification, at the demo's defaults)."""
+    warmup: int = 10
+    """Untimed steps first (kernel compilation, first-touch memory)."""
+    threads: tuple[int, ...] = (1, 2)
+    baseline: Path | None = None
+    """results.json of an earlier run of this benchmark (say, on an earlier commit): adds the
+    speed-up over it and the largest difference of any step's loss."""
+
+    def __post_init__(self) -> None:
+        check_int(self.steps, "steps", 1, 100_000)
+        check_int(self.warmup, "warmup", 0, 100_000)
+        if not self.threads:
+            raise ConfigError("--threads: expected at least one value")
+        _check_sizes(self.threads, "threads", 1, 1024)
+
+    def cases(self) -> list:
+        """The training settings timed: the demo's, and tabletop at 256x192 (F = 16)."""
+        from feature_splat.config import DemoConfig
+        from feature_splat.training.config import TrainConfig
+
+        return [DemoConfig().train, TrainConfig(data="tabletop", width=256, height=192)]
+
+
+@dataclass
+class RooflineBenchConfig:
+    """Roofline of the cpu backend's compositing kernels (results.json + roofline.png)."""
+
+    out: Path = Path("outputs/bench_roofline")
+    """Folder for results.json and roofline.png."""
+    n: int = 50_000
+    dim: int = 16
+    size: int = 256
+    threads: tuple[int, ...] = (1, 2)
+    """Thread counts to measure the machine and the kernels at."""
+    repeats: int = 5
+
+    def __post_init__(self) -> None:
+        check_int(self.n, "n", 1, 10**8)
+        check_int(self.dim, "dim", 1, 1 << 16)
+        check_int(self.size, "size", 16, 16384)
+        if not self.threads:
+            raise ConfigError(f"{flag('threads')}: expected at least one value")
+        for t in self.threads:
+            check_int(t, "threads", 1, 1024)
+        check_int(self.repeats, "repeats", 1, 1000)

@@ -18,6 +18,7 @@ __all__ = [
     "Projected",
     "RenderOutput",
     "accumulate",
+    "check_values",
     "project",
     "rasterize",
 ]
@@ -27,6 +28,7 @@ __getattr__ = lazy_exports(
         "Accumulated": "feature_splat.rasterizer.accumulation",
         "accumulate": "feature_splat.rasterizer.accumulation",
         "RenderOutput": "feature_splat.rasterizer.api",
+        "check_values": "feature_splat.rasterizer.api",
         "rasterize": "feature_splat.rasterizer.api",
         "Projected": "feature_splat.rasterizer.projection",
         "project": "feature_splat.rasterizer.projection",

@@ -48,6 +48,35 @@ def _row_span(mx, dy, ca, cb, cc, s_max, x0, x1):
     return max(x0, math.ceil(centre - half)), min(x1, math.floor(centre + half))
 
 
+_LOG2_E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+_POWERS_OF_HALF = tuple(0.5**i for i in range(64))
+
+
+@njit(cache=True, inline="always")
+def _exp_neg(s):
+    """``exp(-s)`` for ``s >= 0``, inlined (a libm call would spill the pixel loop's registers):
+    ``2^-n e^r`` with ``n = round(s / ln 2)``, ``|r| <= ln 2 / 2``, and ``e^r`` by its degree-7
+    Taylor polynomial (relative error below 1e-8, finer than float32). 0 beyond ``s = 44``."""
+    n = int(s * _LOG2_E + 0.5)
+    if n >= 64:
+        return 0.0
+    r = n * _LN2 - s
+    poly = 1.0 + r * (
+        1.0
+        + r
+        * (
+            0.5
+            + r
+            * (
+                1.0 / 6.0
+                + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0))))
+            )
+        )
+    )
+    return poly * _POWERS_OF_HALF[n]
+
+
 @njit(cache=True, inline="always")
 def _alpha_at(opac, ca, cb, cc, dx, dy):
     """A Gaussian's alpha at offset (dx, dy) from its centre: ``min(0.999, o exp(-sigma))``, or 0
@@ -55,7 +84,7 @@ def _alpha_at(opac, ca, cb, cc, dx, dy):
     sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
     if sigma < 0.0:
         return 0.0
-    alpha = min(MAX_ALPHA, opac * math.exp(np.float32(-sigma)))
+    alpha = min(MAX_ALPHA, opac * _exp_neg(sigma))
     return alpha if alpha >= ALPHA_THRESHOLD else 0.0
 
 
@@ -82,42 +111,81 @@ def _tile_pixels(job, n_tiles_cam, grid):
     return c, x_lo, y_lo, x_hi, y_hi
 
 
+@njit(cache=True, inline="always")
+def stable_key_order(keys, n_keys, n_threads):
+    """A stable counting sort of ``keys`` [M] (integers in [0, n_keys)).
+
+    Returns ``order`` [M] (``keys[order]`` is sorted, equal keys keep their order) and
+    ``starts`` [n_keys + 1] (key k occupies ``order[starts[k]:starts[k + 1]]``). The keys are
+    counted and placed in one chunk per thread (``n_threads`` chunks at most), in parallel
+    (inlined into parallel kernels); a stable sort has one result, so it is the same for any
+    thread count.
+    """
+    m = keys.shape[0]
+    n_chunks = max(1, min(n_threads, m // 4096))
+    size = (m + n_chunks - 1) // n_chunks
+    counts = np.zeros((n_chunks, n_keys), np.int64)
+    for chunk in prange(n_chunks):
+        for i in range(chunk * size, min(m, (chunk + 1) * size)):
+            counts[chunk, keys[i]] += 1
+    starts = np.empty(n_keys + 1, np.int64)
+    total = 0
+    for k in range(n_keys):  # chunk c's keys k go after every earlier chunk's keys k
+        starts[k] = total
+        for chunk in range(n_chunks):
+            placed = counts[chunk, k]
+            counts[chunk, k] = total
+            total += placed
+    starts[n_keys] = total
+    order = np.empty(m, np.int64)
+    for chunk in prange(n_chunks):
+        for i in range(chunk * size, min(m, (chunk + 1) * size)):
+            k = keys[i]
+            order[counts[chunk, k]] = i
+            counts[chunk, k] += 1
+    return order, starts
+
+
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
-def bin_gaussians(means2d, radii, depth_order, tile_size, tiles_x, tiles_y):
+def bin_gaussians(means2d, radii, depth_order, tile_size, tiles_x, tiles_y, n_threads):
     """List the Gaussians touching each tile, front to back.
 
     Returns ``offsets`` [C * n_tiles + 1] (tile t's list is ``ids[offsets[t]:offsets[t+1]]``) and
     ``ids`` [M] int32 Gaussian indices. ``depth_order`` [C, N] is a stable argsort of depths.
+    Parallel over Gaussians: each one's (tile, Gaussian) pairs are written in depth order at
+    offsets from a prefix sum of tile counts, then sorted stably by tile.
     """
     n_cameras, n = radii.shape[0], radii.shape[1]
     n_tiles = tiles_x * tiles_y
-    counts = np.zeros(n_cameras * n_tiles + 1, np.int64)
-    for c in prange(n_cameras):
-        for g in range(n):
-            rx, ry = radii[c, g, 0], radii[c, g, 1]
-            if rx <= 0 or ry <= 0:
-                continue
+    pair_starts = np.zeros(n_cameras * n + 1, np.int64)
+    for item in prange(n_cameras * n):
+        c, g = item // n, depth_order[item // n, item % n]
+        rx, ry = radii[c, g, 0], radii[c, g, 1]
+        if rx > 0 and ry > 0:
             mx, my = means2d[c, g, 0], means2d[c, g, 1]
             tx0, tx1, ty0, ty1 = _tile_range(mx, my, rx, ry, tile_size, tiles_x, tiles_y)
-            for ty in range(ty0, ty1):
-                for tx in range(tx0, tx1):
-                    counts[1 + c * n_tiles + ty * tiles_x + tx] += 1
-    offsets = np.cumsum(counts)
-    ids = np.empty(offsets[-1], np.int32)
-    cursor = offsets[:-1].copy()
-    for c in prange(n_cameras):
-        for rank in range(n):
-            g = depth_order[c, rank]
-            rx, ry = radii[c, g, 0], radii[c, g, 1]
-            if rx <= 0 or ry <= 0:
-                continue
-            mx, my = means2d[c, g, 0], means2d[c, g, 1]
-            tx0, tx1, ty0, ty1 = _tile_range(mx, my, rx, ry, tile_size, tiles_x, tiles_y)
-            for ty in range(ty0, ty1):
-                for tx in range(tx0, tx1):
-                    t = c * n_tiles + ty * tiles_x + tx
-                    ids[cursor[t]] = g
-                    cursor[t] += 1
+            pair_starts[item + 1] = (tx1 - tx0) * (ty1 - ty0)
+    pair_starts = np.cumsum(pair_starts)
+    tiles = np.empty(pair_starts[-1], np.int32)
+    gaussians = np.empty(pair_starts[-1], np.int32)
+    for item in prange(n_cameras * n):
+        c, g = item // n, depth_order[item // n, item % n]
+        k = pair_starts[item]
+        if k == pair_starts[item + 1]:
+            continue
+        mx, my = means2d[c, g, 0], means2d[c, g, 1]
+        tx0, tx1, ty0, ty1 = _tile_range(
+            mx, my, radii[c, g, 0], radii[c, g, 1], tile_size, tiles_x, tiles_y
+        )
+        for ty in range(ty0, ty1):
+            for tx in range(tx0, tx1):
+                tiles[k] = c * n_tiles + ty * tiles_x + tx
+                gaussians[k] = g
+                k += 1
+    order, offsets = stable_key_order(tiles, n_cameras * n_tiles, n_threads)
+    ids = np.empty(order.shape[0], np.int32)
+    for k in prange(order.shape[0]):
+        ids[k] = gaussians[order[k]]
     return offsets, ids
 
 
@@ -231,7 +299,7 @@ def render_backward(
     behind_depth = np.zeros((n_threads, n_px))
     trans = np.ones((n_threads, n_px))
     later = np.ones((n_threads, n_px))  # product of (1 - alpha) over Gaussians behind
-    grad_f = np.zeros((n_threads, dim))
+    grad_f = np.zeros((n_threads, dim + 16))  # padded: no cache line shared between threads
     for job in prange(n_cameras * n_tiles_cam):
         th = numba.get_thread_id()
         c, x_lo, y_lo, x_hi, y_hi = _tile_pixels(job, n_tiles_cam, grid)
@@ -277,7 +345,7 @@ def render_backward(
                     sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
                     if sigma < 0.0:
                         continue
-                    vis = math.exp(np.float32(-sigma))
+                    vis = _exp_neg(sigma)
                     alpha = min(MAX_ALPHA, opac * vis)
                     if alpha < ALPHA_THRESHOLD:
                         continue
@@ -326,6 +394,7 @@ def gather_gradients(
     isect_grad_features,
     isect_grad_geometry,
     n_feature_sets,
+    n_threads,
     grad_features,
     grad_geometry,
     grad_opacities,
@@ -335,21 +404,13 @@ def gather_gradients(
     ``grad_features`` [n_feature_sets, N, D], ``grad_geometry`` [C, N, 6] (means2d, conic, depth),
     ``grad_opacities`` [N]; all zero-initialised by the caller.
     """
-    n_isect = ids.shape[0]
     n_tiles_cam = (offsets.shape[0] - 1) // n_cameras
-    # Counting sort of intersections by Gaussian, keeping their order: deterministic.
-    counts = np.zeros(n + 1, np.int64)
-    for k in range(n_isect):
-        counts[ids[k] + 1] += 1
-    starts = np.cumsum(counts)
-    cursor = starts[:-1].copy()
-    by_gaussian = np.empty(n_isect, np.int64)
-    camera_of = np.empty(n_isect, np.int64)
-    for job in range(offsets.shape[0] - 1):
+    by_gaussian, starts = stable_key_order(
+        ids, n, n_threads
+    )  # keeps the (camera, tile, depth) order
+    camera_of = np.empty(ids.shape[0], np.int64)
+    for job in prange(offsets.shape[0] - 1):
         for k in range(offsets[job], offsets[job + 1]):
-            g = ids[k]
-            by_gaussian[cursor[g]] = k
-            cursor[g] += 1
             camera_of[k] = job // n_tiles_cam
     dim = isect_grad_features.shape[1]
     for g in prange(n):
@@ -392,7 +453,7 @@ def accumulate_tiles(
     n_px = grid[2] * grid[2]
     trans = np.ones((n_threads, n_px))
     done = np.zeros((n_threads, n_px), np.bool_)
-    cell_weight = np.zeros((n_threads, max_tile_cells))
+    cell_weight = np.zeros((n_threads, max_tile_cells + 8))  # padded against false sharing
     for job in prange(jobs[0], jobs[1]):
         th = numba.get_thread_id()
         _, x_lo, y_lo, x_hi, y_hi = _tile_pixels(job, n_tiles_cam, grid)
@@ -452,24 +513,14 @@ def accumulate_tiles(
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def scatter_rows(ids, sums, weights, out_sums, out_weights):
+def scatter_rows(ids, sums, weights, n_threads, out_sums, out_weights):
     """``out_sums[ids[k]] += sums[k]`` and ``out_weights[ids[k]] += weights[k]`` for every row k.
 
-    The rows are grouped by Gaussian (a stable counting sort), then each Gaussian's rows are added
+    The rows are grouped by Gaussian (:func:`stable_key_order`), then each Gaussian's rows are added
     in row order by one thread: deterministic for any thread count, and each row is read whole.
     """
-    n_rows = ids.shape[0]
-    counts = np.zeros(out_sums.shape[0] + 1, np.int64)
-    for k in range(n_rows):
-        counts[ids[k] + 1] += 1
-    starts = np.cumsum(counts)
-    cursor = starts[:-1].copy()
-    order = np.empty(n_rows, np.int64)
-    for k in range(n_rows):
-        g = ids[k]
-        order[cursor[g]] = k
-        cursor[g] += 1
-    touched = np.flatnonzero(counts[1:])
+    order, starts = stable_key_order(ids, out_sums.shape[0], n_threads)
+    touched = np.flatnonzero(starts[1:] - starts[:-1])
     dim = sums.shape[1]
     for i in prange(touched.shape[0]):
         g = touched[i]

@@ -33,12 +33,13 @@ from feature_splat.errors import InputShapeError
 from feature_splat.rasterizer import _cpu_kernels as kernels
 from feature_splat.rasterizer.api import (
     _check_camera_args,
-    _check_gaussians,
+    _check_gaussian_shapes,
     _choose_backend,
+    check_values,
     rasterize,
 )
 from feature_splat.rasterizer.backends import Backend
-from feature_splat.rasterizer.cpu import _configure_threads
+from feature_splat.rasterizer.cpu import _configure_threads, tile_bins
 from feature_splat.rasterizer.projection import project, tile_grid
 
 _ADJOINT_CHUNK = 64  # channels per backward pass on the gradient backends
@@ -104,10 +105,11 @@ def accumulate(
         into: sums to add to (returned), as from an earlier call on other views: summing many
             views needs no [N, M] buffer per view.
     """
-    _check_gaussians(means, quats, scales, opacities)
+    _check_gaussian_shapes(means, quats, scales, opacities)
     n_cameras = _check_camera_args(
         viewmats, Ks, width, height, near_plane, far_plane, eps2d, tile_size
     )
+    check_values(means, quats, scales, opacities, viewmats, Ks)
     if not isinstance(values, Tensor) or values.ndim != 4 or values.shape[0] != n_cameras:
         shape = list(values.shape) if isinstance(values, Tensor) else type(values).__name__
         raise InputShapeError(
@@ -164,7 +166,7 @@ def _accumulate_cpu(
     means, quats, scales, opacities = gaussians
     width, height, tile_size = size
     near_plane, far_plane, eps2d = planes
-    tiles_x, tiles_y = tile_grid(width, height, tile_size)
+    tiles_x, _ = tile_grid(width, height, tile_size)
     dim = values.shape[-1]
     sums, weights = into.sums.numpy(), into.weights.numpy()  # added to in place
     cells_np = tuple(t.contiguous().numpy() for t in cells)
@@ -181,8 +183,7 @@ def _accumulate_cpu(
         )  # fmt: skip
         means2d, conics = (t.float().contiguous().numpy() for t in (proj.means2d, proj.conics))
         radii = proj.radii.to(torch.int32).contiguous().numpy()
-        order = torch.sort(proj.depths, dim=1, stable=True).indices.numpy()
-        offsets, ids = kernels.bin_gaussians(means2d, radii, order, tile_size, tiles_x, tiles_y)
+        offsets, ids = tile_bins(proj, width, height, tile_size)
         target = values[c].float().contiguous().numpy()
         n_jobs, job = len(offsets) - 1, 0
         while job < n_jobs:  # batches of whole tiles holding at most max_rows intersections
@@ -198,8 +199,8 @@ def _accumulate_cpu(
                 max_tile_cells, target, row_sums, row_weights,
             )  # fmt: skip
             kernels.scatter_rows(
-                ids[offsets[job] : offsets[end]], row_sums[:rows], row_weights[:rows], sums,
-                weights,
+                ids[offsets[job] : offsets[end]], row_sums[:rows], row_weights[:rows], n_threads,
+                sums, weights,
             )  # fmt: skip
             job = end
     return into
@@ -241,7 +242,7 @@ def _accumulate_adjoint(
                 out = rasterize(
                     means, quats, scales, opacities, probe, viewmats[c : c + 1], Ks[c : c + 1],
                     width, height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
-                    tile_size=tile_size, backend=backend,
+                    tile_size=tile_size, backend=backend, validate=False,
                 )  # fmt: skip
                 (grad,) = torch.autograd.grad(out.features[0], probe, grad_outputs=chunk)
             sums[:, start : start + _ADJOINT_CHUNK] += grad[:, :-1]

@@ -16,6 +16,7 @@ from feature_splat.errors import (
 )
 from feature_splat.rasterizer.backends import BACKENDS, Backend
 from feature_splat.rasterizer.cpu import rasterize_cpu
+from feature_splat.rasterizer.cpu_projection import project_cpu
 from feature_splat.rasterizer.gsplat_backend import gsplat_available, rasterize_gsplat
 from feature_splat.rasterizer.projection import project
 from feature_splat.rasterizer.reference import rasterize_reference
@@ -53,6 +54,7 @@ def rasterize(
     tile_size: int = 16,
     backgrounds: Tensor | None = None,
     backend: Backend = "auto",
+    validate: bool = True,
 ) -> RenderOutput:
     """Render N Gaussians carrying D-channel features into C pinhole cameras.
 
@@ -72,6 +74,10 @@ def rasterize(
         backgrounds: [C, D] or [D] colour behind everything (default 0).
         backend: "reference" (pure PyTorch), "cpu" (fast, numba), "gsplat" (CUDA), or "auto":
             gsplat for CUDA tensors when installed, cpu otherwise.
+        validate: check the values (finite, scales >= 0, opacities in [0, 1], rigid view
+            matrices, pinhole intrinsics: :func:`check_values`, one host sync in all). Shapes are
+            always checked. Callers that render their own objects many times (the trainer, the
+            viewer) check once and pass False.
 
     Returns:
         A :class:`RenderOutput`. Conventions follow ``gsplat.rasterization`` (EWA projection, alpha
@@ -81,11 +87,13 @@ def rasterize(
     devices = {t.device for t in tensors if isinstance(t, Tensor)}
     if len(devices) > 1:
         raise InputShapeError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
-    n = _check_gaussians(means, quats, scales, opacities)
+    n = _check_gaussian_shapes(means, quats, scales, opacities)
     n_cameras = _check_camera_args(
         viewmats, Ks, width, height, near_plane, far_plane, eps2d, tile_size
     )
-    features, backgrounds = _check_features(features, backgrounds, n, n_cameras)
+    features, backgrounds = _check_feature_shapes(features, backgrounds, n, n_cameras)
+    if validate:
+        check_values(means, quats, scales, opacities, viewmats, Ks, features, backgrounds)
     backend = _choose_backend(backend, means)
     if backend == "gsplat":
         feats, raw_depth, alpha, meta = rasterize_gsplat(
@@ -105,7 +113,7 @@ def rasterize(
             backgrounds=backgrounds,
         )
     else:
-        proj = project(
+        proj = (project_cpu if backend == "cpu" else project)(
             means,
             quats,
             scales,
@@ -164,35 +172,13 @@ def _check_shape(name: str, value: Tensor, shape: tuple[int | None, ...], hint: 
         raise InputShapeError(f"{name}: expected a floating-point tensor, got {value.dtype}")
 
 
-def _check_finite(name: str, value: Tensor) -> None:
-    finite = torch.isfinite(value.detach())
-    if not bool(finite.all()):
-        first = (~finite).nonzero()[0].tolist()
-        raise NonFiniteError(f"{name}: non-finite value (NaN or inf) at index {first}")
-
-
-def _check_gaussians(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor) -> int:
-    """Shapes, finiteness and value ranges of the Gaussians; returns N."""
+def _check_gaussian_shapes(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor) -> int:
+    """Shapes and dtypes of the Gaussians; returns N."""
     _check_shape("means", means, (None, 3), "[N, 3]")
     n = means.shape[0]
     _check_shape("quats", quats, (n, 4), f"[{n}, 4] (N from means)")
     _check_shape("scales", scales, (n, 3), f"[{n}, 3]")
     _check_shape("opacities", opacities, (n,), f"[{n}]")
-    for name, value in (
-        ("means", means),
-        ("quats", quats),
-        ("scales", scales),
-        ("opacities", opacities),
-    ):
-        _check_finite(name, value)
-    if bool((scales.detach() < 0).any()):
-        raise InputShapeError(
-            "scales: expected non-negative (activated) scales; pass exp(log_scales)"
-        )
-    if bool(((opacities.detach() < 0) | (opacities.detach() > 1)).any()):
-        raise InputShapeError("opacities: expected values in [0, 1]; pass sigmoid(logits)")
-    if bool((quats.detach().norm(dim=-1) < 1e-12).any()):
-        raise InputShapeError("quats: a quaternion has zero norm")
     return n
 
 
@@ -221,16 +207,13 @@ def _check_camera_args(
         )
     if eps2d < 0:
         raise InputShapeError(f"eps2d: expected >= 0, got {eps2d}")
-    _check_finite("viewmats", viewmats)
-    _check_finite("Ks", Ks)
-    _check_cameras(viewmats.detach(), Ks.detach())
     return n_cameras
 
 
-def _check_features(
+def _check_feature_shapes(
     features: Tensor, backgrounds: Tensor | None, n: int, n_cameras: int
 ) -> tuple[Tensor, Tensor]:
-    """Features as [1 or C, N, D] (D >= 1, finite) and backgrounds as [C, D] (default 0)."""
+    """Features as [1 or C, N, D] (D >= 1) and backgrounds as [C, D] (default 0)."""
     if not isinstance(features, Tensor) or features.ndim not in (2, 3):
         shape = list(features.shape) if isinstance(features, Tensor) else type(features).__name__
         raise InputShapeError(f"features: expected [N, D] or [C, N, D], got {shape}")
@@ -244,53 +227,86 @@ def _check_features(
     dim = features.shape[-1]
     if dim < 1:
         raise InputShapeError("features: expected at least one channel (D >= 1), got D = 0")
-    _check_finite("features", features)
     if backgrounds is None:
         return features, torch.zeros(n_cameras, dim, dtype=features.dtype, device=features.device)
     if backgrounds.ndim == 1:
         backgrounds = backgrounds.expand(n_cameras, -1)
     _check_shape("backgrounds", backgrounds, (n_cameras, dim), f"[{n_cameras}, {dim}] or [{dim}]")
-    _check_finite("backgrounds", backgrounds)
     return features, backgrounds
 
 
-def _check_cameras(viewmats: Tensor, Ks: Tensor) -> None:
-    """View matrices are rigid (OpenCV world -> camera); intrinsics are pinhole with zero skew."""
-    bottom = viewmats[:, 3]
-    expected = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=viewmats.dtype, device=viewmats.device)
-    bad = (bottom - expected).abs().amax(dim=-1) > 1e-6
-    if bool(bad.any()):
-        cam = int(bad.nonzero()[0])
+def check_values(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    viewmats: Tensor | None = None,
+    Ks: Tensor | None = None,
+    features: Tensor | None = None,
+    backgrounds: Tensor | None = None,
+) -> None:
+    """The value checks of :func:`rasterize` (shapes are assumed checked): every tensor finite,
+    scales >= 0, opacities in [0, 1], no zero quaternion, view matrices rigid (OpenCV world ->
+    camera) and intrinsics pinhole with zero skew. All tests are reduced on the tensors' device
+    and read back in one host sync; the first failing one raises its error. Cameras (viewmats
+    and Ks, given together) and features are optional: a field can be checked once on its own."""
+    named = {
+        "means": means, "quats": quats, "scales": scales, "opacities": opacities,
+        "features": features, "viewmats": viewmats, "Ks": Ks, "backgrounds": backgrounds,
+    }  # fmt: skip
+    named = {name: t.detach() for name, t in named.items() if t is not None}
+    tests = {f"finite {name}": ~torch.isfinite(t).all() for name, t in named.items()}
+    tests |= {
+        "scales": (named["scales"] < 0).any(),
+        "opacities": ((named["opacities"] < 0) | (named["opacities"] > 1)).any(),
+        "quats": (named["quats"].norm(dim=-1) < 1e-12).any(),
+    }
+    if "viewmats" in named:
+        rot = named["viewmats"][:, :3, :3].double()
+        eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
+        ortho_error = (rot @ rot.transpose(1, 2) - eye).abs().amax(dim=(1, 2))
+        det = torch.linalg.det(rot)
+        bottom = named["viewmats"][:, 3]
+        K = named["Ks"]
+        bad_rows = (bottom - bottom.new_tensor([0.0, 0.0, 0.0, 1.0])).abs().amax(dim=-1) > 1e-6
+        bad_K = (K[:, 0, 0] <= 0) | (K[:, 1, 1] <= 0)
+        bad_K |= (K[:, 0, 1].abs() > 0) | (K[:, 1, 0].abs() > 0)
+        bad_K |= (K[:, 2] - K.new_tensor([0.0, 0.0, 1.0])).abs().amax(-1) > 1e-6
+        tests |= {
+            "viewmats rows": bad_rows.any(),
+            "viewmats rotation": ((ortho_error > 1e-3) | (det < 0)).any(),
+            "Ks": bad_K.any(),
+        }
+    failed = torch.stack(list(tests.values())).cpu().tolist()  # the one host sync
+    if not any(failed):
+        return
+    test = next(name for name, bad in zip(tests, failed, strict=True) if bad)
+    if test.startswith("finite "):
+        name = test.removeprefix("finite ")
+        first = (~torch.isfinite(named[name])).nonzero()[0].tolist()
+        raise NonFiniteError(f"{name}: non-finite value (NaN or inf) at index {first}")
+    if test == "scales":
+        raise InputShapeError(
+            "scales: expected non-negative (activated) scales; pass exp(log_scales)"
+        )
+    if test == "opacities":
+        raise InputShapeError("opacities: expected values in [0, 1]; pass sigmoid(logits)")
+    if test == "quats":
+        raise InputShapeError("quats: a quaternion has zero norm")
+    if test == "viewmats rows":
+        cam = int(bad_rows.nonzero()[0])
         raise CameraError(
             f"viewmats[{cam}]: last row must be [0, 0, 0, 1], got {bottom[cam].tolist()}"
         )
-    rot = viewmats[:, :3, :3].double()
-    eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
-    ortho_error = (rot @ rot.transpose(1, 2) - eye).abs().amax(dim=(1, 2))
-    det = torch.linalg.det(rot)
-    bad = (ortho_error > 1e-3) | (det < 0)
-    if bool(bad.any()):
-        cam = int(bad.nonzero()[0])
+    if test == "viewmats rotation":
+        cam = int(((ortho_error > 1e-3) | (det < 0)).nonzero()[0])
         raise CameraError(
             f"viewmats[{cam}]: rotation block must be orthonormal with determinant +1 "
             f"(world -> camera, OpenCV axes); got |R R^T - I| = {float(ortho_error[cam]):.3g}, "
             f"det = {float(det[cam]):.3g}"
         )
-    bad_focal = (Ks[:, 0, 0] <= 0) | (Ks[:, 1, 1] <= 0)
-    bad_form = (
-        (Ks[:, 0, 1].abs() > 0)
-        | (Ks[:, 1, 0].abs() > 0)
-        | (
-            (Ks[:, 2] - torch.tensor([0.0, 0.0, 1.0], dtype=Ks.dtype, device=Ks.device))
-            .abs()
-            .amax(-1)
-            > 1e-6
-        )
+    cam = int(bad_K.nonzero()[0])
+    raise CameraError(
+        f"Ks[{cam}]: expected [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0, "
+        f"got {K[cam].tolist()}"
     )
-    bad = bad_focal | bad_form
-    if bool(bad.any()):
-        cam = int(bad.nonzero()[0])
-        raise CameraError(
-            f"Ks[{cam}]: expected [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0, "
-            f"got {Ks[cam].tolist()}"
-        )

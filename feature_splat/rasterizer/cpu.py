@@ -1,12 +1,15 @@
 """The ``cpu`` backend: numba-compiled tile compositing with a hand-written backward pass.
 
-Projection stays in PyTorch (:mod:`.projection`, cheap and differentiated by autograd); the costly
-per-pixel compositing and its gradient are :mod:`._cpu_kernels`, wrapped here as an autograd
-function. Computation is float32 with float64 per-pixel accumulators; results and gradients are
+Projection is :mod:`.cpu_projection` (numba, analytic backward); binning, the per-pixel
+compositing and its gradient are :mod:`._cpu_kernels`, wrapped here as an autograd function.
+Computation is float32 with float64 per-pixel accumulators; results and gradients are
 bit-identical from run to run and for any thread count.
 """
 
 from __future__ import annotations
+
+import math
+import threading
 
 import numba
 import numpy as np
@@ -27,49 +30,73 @@ def _configure_threads() -> int:
     return numba.config.NUMBA_NUM_THREADS  # thread ids are below this whatever the setting
 
 
+class _Scratch(threading.local):
+    """Per-thread buffers reused from call to call (fresh memory costs a first touch per page).
+
+    Only for arrays that live within one kernel call sequence; anything handed to torch or kept
+    for the backward pass is allocated fresh.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.size < size or buffer.dtype != dtype:
+            buffer = np.empty(size + size // 4, dtype)  # room to grow as densification does
+            self.buffers[name] = buffer
+        return buffer[:size].reshape(shape)
+
+
+_scratch = _Scratch()
+
+
+def tile_bins(
+    proj: Projected, width: int, height: int, tile_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Gaussians touching each tile, front to back, as the compositing kernels read them:
+    ``offsets`` [C * n_tiles + 1] int64 and ``ids`` [M] int32 (tile t of camera c, t = c *
+    n_tiles + ty * tiles_x + tx, lists ``ids[offsets[t]:offsets[t + 1]]``)."""
+    tiles_x, tiles_y = tile_grid(width, height, tile_size)
+    depth_order = torch.sort(proj.depths.detach(), dim=1, stable=True).indices.numpy()
+    _configure_threads()
+    return kernels.bin_gaussians(
+        _numpy(proj.means2d), proj.radii.to(torch.int32).contiguous().numpy(), depth_order,
+        tile_size, tiles_x, tiles_y, numba.get_num_threads(),
+    )  # fmt: skip
+
+
 class _Composite(torch.autograd.Function):
     """Alpha compositing of projected Gaussians; differentiable w.r.t. all float inputs."""
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, features, depths, backgrounds, radii, size):
+    def forward(ctx, means2d, conics, opacities, features, depths, backgrounds, radii, bins, size):
         width, height, tile_size = size
-        tiles_x, tiles_y = tile_grid(width, height, tile_size)
+        tiles_x, _ = tile_grid(width, height, tile_size)
         n_cameras = means2d.shape[0]
         dim = features.shape[-1]
-        means2d_np, conics_np, opacities_np, features_np, depths_np, backgrounds_np = (
-            _numpy(t) for t in (means2d, conics, opacities, features, depths, backgrounds)
-        )
-        radii_np = radii.to(torch.int32).contiguous().numpy()
-        depth_order = torch.sort(depths.detach(), dim=1, stable=True).indices.numpy()
         n_threads = _configure_threads()
-        bins = kernels.bin_gaussians(means2d_np, radii_np, depth_order, tile_size, tiles_x, tiles_y)
         # The kernels take the Gaussians, the tile lists and the image grid as three tuples.
         gaussians = (
-            means2d_np,
-            conics_np,
-            opacities_np,
-            features_np,
-            depths_np,
-            radii_np,
-            backgrounds_np,
+            *(_numpy(t) for t in (means2d, conics, opacities, features, depths)),
+            radii.to(torch.int32).contiguous().numpy(),
+            _numpy(backgrounds),
         )
         grid = (width, height, tile_size, tiles_x)
-        out_features = np.empty((n_cameras, height, width, dim), np.float32)
-        out_depth = np.empty((n_cameras, height, width), np.float32)
+        out_features = torch.empty(n_cameras, height, width, dim)
+        out_depth = torch.empty(n_cameras, height, width, 1)
         transmittance = np.empty((n_cameras, height, width), np.float64)
         last_ids = np.empty((n_cameras, height, width), np.int64)
         kernels.render_forward(
-            gaussians, bins, grid, n_threads, out_features, out_depth, transmittance, last_ids
-        )
+            gaussians, bins, grid, n_threads, out_features.numpy(), out_depth.numpy()[..., 0],
+            transmittance, last_ids,
+        )  # fmt: skip
         ctx.gaussians, ctx.bins, ctx.grid = gaussians, bins, grid
         ctx.transmittance, ctx.last_ids = transmittance, last_ids
         ctx.dtypes = [t.dtype for t in (means2d, conics, opacities, features, depths, backgrounds)]
         alpha = torch.from_numpy((1.0 - transmittance).astype(np.float32))
-        return (
-            torch.from_numpy(out_features),
-            torch.from_numpy(out_depth)[..., None],
-            alpha[..., None],
-        )
+        return out_features, out_depth, alpha[..., None]
 
     @staticmethod
     def backward(ctx, grad_features, grad_depth, grad_alpha):
@@ -78,8 +105,8 @@ class _Composite(torch.autograd.Function):
         n_cameras, n = depths.shape
         dim = features.shape[-1]
         n_threads = _configure_threads()
-        isect_grad_features = np.empty((len(ids), dim), np.float32)
-        isect_grad_geometry = np.empty((len(ids), 7), np.float32)
+        isect_grad_features = _scratch.array("isect_grad_features", (len(ids), dim), np.float32)
+        isect_grad_geometry = _scratch.array("isect_grad_geometry", (len(ids), 7), np.float32)
         tile_grad_background = np.zeros((len(offsets) - 1, dim), np.float64)
         kernels.render_backward(
             ctx.gaussians,
@@ -106,6 +133,7 @@ class _Composite(torch.autograd.Function):
             isect_grad_features,
             isect_grad_geometry,
             features.shape[0],
+            numba.get_num_threads(),
             grad_feature_sets,
             grad_geometry,
             grad_opacities,
@@ -123,7 +151,7 @@ class _Composite(torch.autograd.Function):
             torch.from_numpy(np.ascontiguousarray(g)).to(dt)
             for g, dt in zip(grads, ctx.dtypes, strict=True)
         ]
-        return (*grads, None, None)
+        return (*grads, None, None, None)
 
 
 def rasterize_cpu(
@@ -144,6 +172,7 @@ def rasterize_cpu(
         proj.depths,
         backgrounds,
         proj.radii,
+        tile_bins(proj, width, height, tile_size),
         (width, height, tile_size),
     )
     return tuple(t.to(features.dtype) for t in outputs)

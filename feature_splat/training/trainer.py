@@ -295,6 +295,7 @@ class Trainer:
         self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
         self.view_queue: list[int] = []
         self.step = 0
+        self.field().check_values(dataset.cameras)  # once: every step renders unchecked
 
     # -- the model ------------------------------------------------------------------------------
     def active_sh_degree(self) -> int:
@@ -317,8 +318,10 @@ class Trainer:
             self.view_queue = [self.dataset.train_indices[i] for i in order.tolist()]
         return self.view_queue.pop()
 
-    def train_step(self) -> dict[str, float]:
-        """One optimisation step on one training view; returns losses and the Gaussian count."""
+    def train_step(self) -> dict[str, Tensor | float]:
+        """One optimisation step on one training view; returns losses (0-d tensors: reading
+        them, which the progress bar does every 10 steps, is the only host sync) and the
+        Gaussian count."""
         config = self.config
         view = self._next_view()
         progress = self.step / max(config.iterations - 1, 1)
@@ -330,7 +333,9 @@ class Trainer:
         for group in self.optimizers["means"].param_groups:
             group["lr"] = means_lr
 
-        render = self.field().render(self.dataset.cameras[view], backend=config.backend)
+        render = self.field().render(
+            self.dataset.cameras[view], backend=config.backend, validate=False
+        )
         target = self.dataset.images[view]
         rgb = render.rgb[0]
         if self.dataset.masks is not None:  # invalid pixels are blacked out in both
@@ -360,11 +365,11 @@ class Trainer:
         if config.densify.prune_veils and self.step % config.densify.refine_every == 0:
             self.prune_veils()
         self.step += 1
-        mse = float(((rgb.detach() - target) ** 2).mean())
+        mse = ((rgb.detach() - target) ** 2).mean()
         return {
-            "loss": float(loss.detach()),
-            "feature_loss": float(feature_loss.detach()),
-            "psnr": 10 * math.log10(1 / max(mse, 1e-12)),
+            "loss": loss.detach(),
+            "feature_loss": feature_loss.detach(),
+            "psnr": -10 * torch.log10(mse.clamp_min(1e-12)),
             "gaussians": len(self.params["means"]),
         }
 

@@ -101,16 +101,20 @@ def render_frame(
     """One frame of ``field`` seen by ``camera`` (one camera) in ``mode``.
 
     ``teacher`` and ``prompt`` serve the text modes, ``selection`` (bool [N]) the selection
-    mode, ``pca`` the PCA mode (default: fitted to the field's Gaussians).
+    mode, ``pca`` the PCA mode (default: fitted to the field's Gaussians). The field is
+    rendered without the rasterizer's value checks: its owner checks it once
+    (:meth:`FeatureField.check_values`), as the viewer session does.
     """
     n = len(field.gaussians)
     if mode == "selection":
         chosen = selection if selection is not None else torch.zeros(n, dtype=torch.bool)
-        render = field.render(camera, channels=chosen.float()[:, None])
+        render = field.render(camera, channels=chosen.float()[:, None], validate=False)
     elif mode in FEATURE_MODES:
-        render = field.render(camera)
+        render = field.render(camera, validate=False)
     else:  # colour only: compositing no feature channels is about twice as fast
-        render = field.render(camera, channels=field.gaussians.means.new_zeros(n, 0))
+        render = field.render(
+            camera, channels=field.gaussians.means.new_zeros(n, 0), validate=False
+        )
     rgb = render.rgb[0].clamp(0, 1).cpu()
     alpha = render.alpha[0].cpu()
     if mode == "rgb":

@@ -132,7 +132,9 @@ class ViewerSession:
     def _set_field(
         self, field: FeatureField, *, refit_colours: bool = False, keep_selections: bool = False
     ) -> None:
-        """Show ``field``; selections are cleared (their version moves on) unless kept."""
+        """Show ``field``; selections are cleared (their version moves on) unless kept. Its
+        values are checked here, once: frames render it unchecked."""
+        field.check_values()
         self._field = field
         if not keep_selections:
             self.version += 1
