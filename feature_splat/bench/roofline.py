@@ -43,6 +43,7 @@ from feature_splat.rasterizer import cpu
 from feature_splat.rasterizer._cpu_kernels import (
     _FASTMATH,
     _alpha_at,
+    _exp_neg,
     _pixel_box,
     _row_span,
     _tile_pixels,
@@ -325,7 +326,7 @@ def count_backward(gaussians, bins, grid, last_ids):
                     if sigma < 0.0:
                         continue
                     n_exp += 1
-                    vis = math.exp(np.float32(-sigma))
+                    vis = _exp_neg(sigma)
                     alpha = min(MAX_ALPHA, opac * vis)
                     if alpha < ALPHA_THRESHOLD:
                         continue
