@@ -40,7 +40,8 @@ from feature_splat.rasterizer.api import (
 )
 from feature_splat.rasterizer.backends import Backend
 from feature_splat.rasterizer.cpu import _configure_threads, tile_bins
-from feature_splat.rasterizer.projection import project, tile_grid
+from feature_splat.rasterizer.cpu_projection import project_cpu
+from feature_splat.rasterizer.projection import tile_grid
 
 _ADJOINT_CHUNK = 64  # channels per backward pass on the gradient backends
 
@@ -177,7 +178,7 @@ def _accumulate_cpu(
     row_weights = np.empty(0, np.float64)
     n_threads = _configure_threads()
     for c in range(len(viewmats)):
-        proj = project(
+        proj = project_cpu(
             means, quats, scales, opacities, viewmats[c : c + 1], Ks[c : c + 1], width, height,
             near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
         )  # fmt: skip
