@@ -108,8 +108,9 @@ FLOP_TABLE: dict[str, tuple[Term, ...]] = {
         Term("pixels", 0, 2, what="background FMA per channel"),
     ),
     "backward": (
-        # per pixel, tile prologue: tile_grad_background[d] += t_final * grad[d]: 2 per channel.
-        Term("pixels", 0, 2, what="background gradient FMA per channel"),
+        # per pixel, tile prologue: tile_grad_background[d] += t_final * grad[d] and the dot
+        # product bg . grad (the colour behind the last Gaussian): 2 FMAs per channel.
+        Term("pixels", 0, 4, what="background gradient and dot product, per channel"),
         # for k from k_max down: same pixel box and s_max as the forward.
         Term("gaussians", 14, log=1, what="pixel box (8 add, 4 round), s_max (div, log)"),
         Term("rows", 12, what="dy (2), disc (9), disc < 0 (1)"),
@@ -119,11 +120,12 @@ FLOP_TABLE: dict[str, tuple[Term, ...]] = {
         # sigma >= 0: vis = exp: 1; alpha = min(0.999, o vis): 2; alpha < 1/255: 1.
         Term("exp", 4, exp=1, what="exp, o*vis, min, threshold compare"),
         # alpha >= 1/255: one_minus 1, t_p = trans / one_minus 1, w 1;
-        # per channel: grad_f += w go (2), d_alpha += (f - behind) go (3),
-        # behind = alpha f + one_minus behind (3) = 8; the same three for depth: 8;
+        # per channel: grad_f += w go (2), f_dot += f go (2) = 4;
+        # d_alpha = f_dot - behind (1), behind = alpha f_dot + one_minus behind (3): 4;
+        # the same for depth: g_z += w gz (2), (z - behind_z) gz (3), behind_z update (3): 8;
         # d_alpha = t_p (d_alpha + later ga): 3; later *= one_minus: 1;
         # o vis <= 0.999: 1 (the product is the one computed for alpha).
-        Term("blended", 16, 8, what="t_p, w, 8 per channel, depth (8), d_alpha (3), later, test"),
+        Term("blended", 20, 4, what="t_p, w, 4 per channel, colour (4), depth (8), d_alpha, test"),
         # alpha not clamped: g_op += vis d_alpha: 2; d_sigma = -alpha d_alpha: 1;
         # g_ca += 0.5 dx dx ds: 4; g_cb += dx dy ds: 3; g_cc += 0.5 dy dy ds: 4 (2 x-invariant);
         # g_mx += (ca dx + cb dy) ds: 5 (cb dy x-invariant); g_my += (cb dx + cc dy) ds: 5 (cc dy).

@@ -295,7 +295,9 @@ def render_backward(
     shared_features = features.shape[0] == 1
     n_tiles_cam = (offsets.shape[0] - 1) // n_cameras
     n_px = grid[2] * grid[2]
-    behind = np.zeros((n_threads, n_px, dim))  # colour behind the current Gaussian, per pixel
+    # Per pixel, the colour composited behind the current Gaussian enters the gradient only through
+    # its dot product with d loss / d colour, so that scalar is carried instead of D channels.
+    behind = np.zeros((n_threads, n_px))
     behind_depth = np.zeros((n_threads, n_px))
     trans = np.ones((n_threads, n_px))
     later = np.ones((n_threads, n_px))  # product of (1 - alpha) over Gaussians behind
@@ -315,9 +317,11 @@ def render_backward(
             trans[th, p] = t_final
             later[th, p] = 1.0
             behind_depth[th, p] = 0.0
+            bg_dot = 0.0
             for d in range(dim):
-                behind[th, p, d] = backgrounds[c, d]
+                bg_dot += backgrounds[c, d] * grad_features[c, y, x, d]
                 tile_grad_background[job, d] += t_final * grad_features[c, y, x, d]
+            behind[th, p] = bg_dot
             k_max = max(k_max, last_ids[c, y, x])
         for k in range(k_max + 1, offsets[job + 1]):  # behind every pixel's last: no gradient
             isect_grad_features[k, :] = 0.0
@@ -352,13 +356,13 @@ def render_backward(
                     one_minus = 1.0 - alpha
                     t_p = trans[th, p] / one_minus  # transmittance in front of this Gaussian
                     w = alpha * t_p
-                    d_alpha = 0.0
+                    f_dot = 0.0
                     for d in range(dim):
                         go = grad_features[c, y, x, d]
-                        f = features[cf, g, d]
                         grad_f[th, d] += w * go
-                        d_alpha += (f - behind[th, p, d]) * go
-                        behind[th, p, d] = alpha * f + one_minus * behind[th, p, d]
+                        f_dot += features[cf, g, d] * go
+                    d_alpha = f_dot - behind[th, p]
+                    behind[th, p] = alpha * f_dot + one_minus * behind[th, p]
                     gz = grad_depth[c, y, x]
                     g_z += w * gz
                     d_alpha += (z - behind_depth[th, p]) * gz
