@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 from scenes import random_scene
 
 from feature_splat import FeatureSplatError, rasterize
 from feature_splat.errors import CameraError, InputShapeError, NonFiniteError
+from feature_splat.rasterizer._cpu_kernels import TILE_COST, balance_tiles
 
 NEAR = 0.2
 
@@ -48,6 +53,46 @@ def test_cpu_backend_is_bit_identical_across_runs_and_thread_counts() -> None:
     for a, b, c in zip(first, again, single, strict=True):
         assert torch.equal(a, b)
         assert torch.equal(a, c)
+
+
+def test_cpu_backend_keeps_the_callers_torch_thread_count() -> None:
+    # numba's OpenMP layer, when it starts, resets the count torch reads: in a fresh process a
+    # caller's one thread became two after the first render (and every later kernel ran on two).
+    code = """
+import torch, numba
+torch.set_num_threads(1)
+from feature_splat import rasterize
+import sys; sys.path.insert(0, "tests")
+from scenes import random_scene
+scene = random_scene(n=50, dim=3, n_cameras=1, seed=0, near_plane=0.2)
+for _ in range(2):
+    rasterize(*scene.args(), near_plane=0.2, backend="cpu")
+print(torch.get_num_threads(), numba.get_num_threads())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["1", "1"]
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3, 8])
+def test_tile_schedule_covers_each_tile_once_and_balances_the_work(n_workers: int) -> None:
+    rng = np.random.default_rng(n_workers)
+    cost = np.concatenate([rng.integers(0, 50, 40), rng.integers(500, 900, 5)])  # a few hot tiles
+    rng.shuffle(cost)
+    first = 7
+    order, starts = balance_tiles(cost, first, n_workers)
+    assert sorted(order) == list(range(first, first + len(cost)))
+    assert starts[0] == 0 and starts[-1] == len(cost) and np.all(np.diff(starts) >= 0)
+    loads = []
+    for w in range(n_workers):
+        tiles = order[starts[w] : starts[w + 1]]
+        assert np.all(np.diff(tiles) > 0)  # tile order within a worker
+        loads.append(int((cost[tiles - first] + TILE_COST).sum()))
+    # greedy list scheduling: no worker ends later than the average load plus one tile
+    assert max(loads) <= (cost + TILE_COST).sum() / n_workers + (cost + TILE_COST).max()
+    # and the hot tiles are spread: no worker holds two of them while another holds none
+    hot = [int(np.sum(cost[order[starts[w] : starts[w + 1]] - first] >= 500))
+           for w in range(n_workers)]  # fmt: skip
+    assert max(hot) - min(hot) <= 1
 
 
 def test_meta_has_what_gsplat_strategies_read() -> None:

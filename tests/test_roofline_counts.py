@@ -16,6 +16,7 @@ from feature_splat.bench.roofline import (
 )
 from feature_splat.errors import ConfigError
 from feature_splat.rasterizer import cpu
+from feature_splat.rasterizer._cpu_kernels import LANES, NARROW_BOX
 from feature_splat.rasterizer.projection import (
     ALPHA_THRESHOLD,
     MAX_ALPHA,
@@ -61,10 +62,17 @@ def test_one_gaussian_in_one_tile_counts_its_pixels():
     counts = count_pairs(inputs, fwd.last_ids)
     assert counts["intersections"] == 1 and counts["pixels"] == 256
     f, b = counts["forward"], counts["backward"]
-    assert f["visited"] == f["blended"] == f["exp"] == expected
+    assert f["visited"] == f["live"] == f["blended"] == expected
     assert f["stopped"] == 0 and f["skipped"] == 0
     assert b["visited"] == b["blended"] == b["unclamped"] == expected
     assert f["gaussians"] == b["gaussians"] == 1
+    # Its bounding box: the pixel centres within the radius (5 px) of the mean, per axis. It is
+    # wider than NARROW_BOX, so each of its rows computes a whole tile row (LANES pixels).
+    centres = np.arange(16) + 0.5
+    nx, ny = (int((np.abs(centres - m) <= 5).sum()) for m in (8.3, 7.6))
+    assert nx >= NARROW_BOX
+    assert f["rows"] == b["rows"] == ny and f["box_pixels"] == b["box_pixels"] == nx * ny
+    assert f["lanes"] == b["lanes"] == ny * LANES
     assert counts["last_ids_mismatch"] == 0
     np.testing.assert_allclose(counts["transmittance"][0], 1.0 - alphas[0], rtol=1e-5)
 
@@ -86,11 +94,12 @@ def test_two_opaque_gaussians_stop_the_back_one_where_they_overlap():
     counts = count_pairs(inputs, fwd.last_ids)
     assert counts["intersections"] == 8  # both Gaussians in each of the four tiles
     f, b = counts["forward"], counts["backward"]
-    assert f["visited"] == f["alpha_pass"] == n1 + n2
+    assert f["visited"] == f["live"] == n1 + n2
     assert f["stopped"] == stopped
     assert f["blended"] == n1 + n2 - stopped
-    # The backward visits a pixel only up to its last contributor: not the stopped pairs.
-    assert b["visited"] == b["blended"] == n1 + n2 - stopped
+    # The backward blends a pixel only up to its last contributor: not the stopped pairs.
+    assert b["visited"] == n1 + n2
+    assert b["blended"] == n1 + n2 - stopped
     clamped = int((a1 == MAX_ALPHA).sum() + ((a2 == MAX_ALPHA) & ~stops).sum())
     assert clamped > 0 and b["unclamped"] == b["blended"] - clamped
     assert counts["last_ids_mismatch"] == 0

@@ -42,14 +42,12 @@ from feature_splat.rasterizer import _cpu_kernels as kernels
 from feature_splat.rasterizer import cpu
 from feature_splat.rasterizer._cpu_kernels import (
     _FASTMATH,
-    _alpha_at,
-    _exp_neg,
+    LANES,
     _pixel_box,
-    _row_span,
+    _row_visibility,
     _tile_pixels,
 )
 from feature_splat.rasterizer.projection import (
-    ALPHA_THRESHOLD,
     MAX_ALPHA,
     MIN_TRANSMITTANCE,
     Projected,
@@ -87,21 +85,19 @@ class Term(NamedTuple):
 
 FLOP_TABLE: dict[str, tuple[Term, ...]] = {
     "forward": (
-        # _pixel_box: 4 x (m -/+ r - 0.5) = 8 adds + 4 ceil/floor; s_max = log(o / (1/255)):
-        # 1 div (a mul by 255 under arcp) + 1 log.
-        Term("gaussians", 14, log=1, what="pixel box (8 add, 4 round), s_max (div, log)"),
-        # dy = my - (y + 0.5): 2; _row_span's disc = cb cb dy dy - ca (cc dy dy - 2 s_max): 6 mul
-        # + 2 sub + 1 mul = 9; disc < 0: 1.
-        Term("rows", 12, what="dy (2), disc (9), disc < 0 (1)"),
-        # rows that pass disc >= 0: sqrt 1; centre = mx - 0.5 + cb dy / ca: 4; half = root / ca +
-        # 1e-3: 2; centre -/+ half: 2; ceil, floor: 2.
-        Term("rows_nonempty", 11, what="sqrt, centre (4), half (2), span ends (2 add, 2 round)"),
-        # dx = mx - (x + 0.5): 2; _alpha_at: sigma = 0.5 (ca dx dx + cc dy dy) + cb dx dy:
-        # 7 mul + 2 add = 9 (cc dy dy, 2, is x-invariant); sigma < 0: 1; exp: 1; o * exp: 1;
-        # min(0.999, .): 1; alpha >= 1/255: 1; the caller's alpha == 0: 1.
-        Term("visited", 17, exp=1, hoistable=2, what="dx, sigma, exp, o*exp, min, 3 compares"),
-        # alpha != 0 (blended or stopping): next_t = t (1 - alpha): 2; next_t <= 1e-4: 1.
-        Term("alpha_pass", 3, what="next_t (2), stop test (1)"),
+        # _pixel_box: 4 x (m -/+ r - 0.5) = 8 adds + 4 ceil/floor.
+        Term("gaussians", 12, what="pixel box (8 add, 4 round)"),
+        # dy = my - (y + 0.5): 2; _row_visibility's a / 2, b dy, c dy dy / 2: 5.
+        Term("rows", 7, what="dy (2), the row's sigma coefficients (5)"),
+        # _visibility_at, per computed pixel (lane): dx = mx - (x + 0.5): 2; sigma = (a/2 dx + b
+        # dy) dx + c dy^2 / 2: 2 FMAs = 4; clamp to [0, 8]: 2; exp: 1; sigma >= 0: 1; o * vis: 1;
+        # o vis >= 1/255: 1.
+        Term("lanes", 12, exp=1, what="dx, sigma (2 FMA), clamp (2), exp, 2 compares, o*vis"),
+        # each pixel of the box: vis == 0: 1.
+        Term("box_pixels", 1, what="vis == 0 test"),
+        # vis != 0 and the pixel not done: alpha = min(0.999, o vis): 2; next_t = t (1 - alpha):
+        # 2; next_t <= 1e-4: 1.
+        Term("live", 5, what="alpha (2), next_t (2), stop test (1)"),
         # w = alpha t: 1; acc[d] += w f[d]: one FMA (2) per channel; acc_depth += w z: 2.
         Term("blended", 3, 2, what="w (1), acc FMA (2 per channel), depth FMA (2)"),
         # tile epilogue: out = acc[d] + t bg[d]: one FMA per channel per pixel.
@@ -111,21 +107,18 @@ FLOP_TABLE: dict[str, tuple[Term, ...]] = {
         # per pixel, tile prologue: tile_grad_background[d] += t_final * grad[d] and the dot
         # product bg . grad (the colour behind the last Gaussian): 2 FMAs per channel.
         Term("pixels", 0, 4, what="background gradient and dot product, per channel"),
-        # for k from k_max down: same pixel box and s_max as the forward.
-        Term("gaussians", 14, log=1, what="pixel box (8 add, 4 round), s_max (div, log)"),
-        Term("rows", 12, what="dy (2), disc (9), disc < 0 (1)"),
-        Term("rows_nonempty", 11, what="sqrt, centre (4), half (2), span ends (2 add, 2 round)"),
-        # k <= last_ids (an integer test, 0): dx 2, sigma 9 (2 x-invariant), sigma < 0: 1.
-        Term("visited", 12, hoistable=2, what="dx (2), sigma (9), sigma < 0 (1)"),
-        # sigma >= 0: vis = exp: 1; alpha = min(0.999, o vis): 2; alpha < 1/255: 1.
-        Term("exp", 4, exp=1, what="exp, o*vis, min, threshold compare"),
-        # alpha >= 1/255: one_minus 1, t_p = trans / one_minus 1, w 1;
-        # per channel: grad_f += w go (2), f_dot += f go (2) = 4;
+        # for k from k_max down: the same pixel box, rows and lanes as the forward.
+        Term("gaussians", 12, what="pixel box (8 add, 4 round)"),
+        Term("rows", 7, what="dy (2), the row's sigma coefficients (5)"),
+        Term("lanes", 12, exp=1, what="dx, sigma (2 FMA), clamp (2), exp, 2 compares, o*vis"),
+        Term("box_pixels", 1, what="vis == 0 test"),
+        # vis != 0 and k <= last_ids: dx 2; alpha = min(0.999, o vis) 2; one_minus 1,
+        # t_p = trans / one_minus 1, w 1; per channel: grad_f += w go (2), f_dot += f go (2) = 4;
         # d_alpha = f_dot - behind (1), behind = alpha f_dot + one_minus behind (3): 4;
         # the same for depth: g_z += w gz (2), (z - behind_z) gz (3), behind_z update (3): 8;
         # d_alpha = t_p (d_alpha + later ga): 3; later *= one_minus: 1;
         # o vis <= 0.999: 1 (the product is the one computed for alpha).
-        Term("blended", 20, 4, what="t_p, w, 4 per channel, colour (4), depth (8), d_alpha, test"),
+        Term("blended", 24, 4, what="dx, alpha, t_p, w, 4 per channel, colour, depth, d_alpha"),
         # alpha not clamped: g_op += vis d_alpha: 2; d_sigma = -alpha d_alpha: 1;
         # g_ca += 0.5 dx dx ds: 4; g_cb += dx dy ds: 3; g_cc += 0.5 dy dy ds: 4 (2 x-invariant);
         # g_mx += (ca dx + cb dy) ds: 5 (cb dy x-invariant); g_my += (cb dx + cc dy) ds: 5 (cc dy).
@@ -172,12 +165,11 @@ def _sum_table(terms: tuple[Term, ...], counts: dict[str, int], dim: int) -> dic
 
 FORWARD_EVENTS = (
     "gaussians",  # intersections processed (before a tile's early exit)
-    "rows",  # _row_span calls
-    "rows_nonempty",  # of which with a non-empty span
-    "span_pixels",  # pixels in the spans (including ones already done)
-    "visited",  # reaching _alpha_at (pixel not done)
-    "exp",  # of which with sigma >= 0 (exp evaluated)
-    "alpha_pass",  # alpha >= 1/255 (blended or stopping)
+    "rows",  # _row_visibility calls (rows of a Gaussian's pixel box)
+    "lanes",  # pixels whose visibility was computed (exp evaluated)
+    "box_pixels",  # pixels of the boxes' rows
+    "visited",  # of which alpha >= 1/255
+    "live",  # of which the pixel was not done (blended or stopping)
     "stopped",  # transmittance would fall to 1e-4: the pixel is done
     "blended",  # contributed
     "pixels",
@@ -187,11 +179,10 @@ FORWARD_EVENTS = (
 BACKWARD_EVENTS = (
     "gaussians",  # intersections from k_max down (each processed)
     "rows",
-    "rows_nonempty",
-    "span_pixels",
-    "visited",  # k <= last_ids of the pixel
-    "exp",  # sigma >= 0
-    "blended",  # alpha >= 1/255
+    "lanes",
+    "box_pixels",
+    "visited",  # alpha >= 1/255
+    "blended",  # of which k <= last_ids of the pixel
     "unclamped",  # o * vis <= 0.999 (geometry gradients)
     "pixels",
     "tail",  # intersections behind every pixel's last (zeroed)
@@ -208,7 +199,7 @@ def count_forward(gaussians, bins, grid, out_transmittance, out_last):
     n_cameras = means2d.shape[0]
     n_tiles_cam = (offsets.shape[0] - 1) // n_cameras
     n_jobs = n_cameras * n_tiles_cam
-    counts = np.zeros((n_jobs, 12), np.int64)
+    counts = np.zeros((n_jobs, len(FORWARD_EVENTS)), np.int64)
     for job in prange(n_jobs):
         c, x_lo, y_lo, x_hi, y_hi = _tile_pixels(job, n_tiles_cam, grid)
         tw = x_hi - x_lo + 1
@@ -216,9 +207,9 @@ def count_forward(gaussians, bins, grid, out_transmittance, out_last):
         trans = np.ones(npx)
         done = np.zeros(npx, np.bool_)
         last = np.full(npx, -1, np.int64)
+        visibility = np.zeros((1, max(grid[2], LANES)))
         n_done = 0
-        n_g = n_rows = n_rows_ne = n_span = n_vis = n_exp = n_pass = n_stop = n_blend = 0
-        n_skip = 0
+        n_g = n_rows = n_lanes = n_box = n_vis = n_live = n_stop = n_blend = n_skip = 0
         for k in range(offsets[job], offsets[job + 1]):
             if n_done == npx:
                 n_skip = offsets[job + 1] - k
@@ -231,28 +222,23 @@ def count_forward(gaussians, bins, grid, out_transmittance, out_last):
             x0, x1, y0, y1 = _pixel_box(
                 mx, my, radii[c, g, 0], radii[c, g, 1], x_lo, y_lo, x_hi, y_hi
             )
-            s_max = math.log(opac / ALPHA_THRESHOLD)
+            box = (x0 - x_lo, x1 - x_lo)
             for y in range(y0, y1 + 1):
-                dy = my - (y + 0.5)
-                xa, xb = _row_span(mx, dy, ca, cb, cc, s_max, x0, x1)
                 n_rows += 1
-                if xa <= xb:
-                    n_rows_ne += 1
-                for x in range(xa, xb + 1):
-                    n_span += 1
+                n_lanes += _row_visibility(
+                    mx, my - (y + 0.5), ca, cb, cc, opac, x_lo, tw, box, visibility, 0
+                )
+                for x in range(x0, x1 + 1):
+                    n_box += 1
+                    vis = visibility[0, x - x_lo]
+                    if vis == 0.0:
+                        continue
+                    n_vis += 1
                     p = (y - y_lo) * tw + (x - x_lo)
                     if done[p]:
                         continue
-                    n_vis += 1
-                    dx = mx - (x + 0.5)
-                    if 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy >= 0.0:
-                        n_exp += 1
-                    alpha = _alpha_at(opac, ca, cb, cc, mx - (x + 0.5), dy)
-                    if alpha == 0.0:
-                        continue
-                    n_pass += 1
-                    t_p = trans[p]
-                    next_t = t_p * (1.0 - alpha)
+                    n_live += 1
+                    next_t = trans[p] * (1.0 - min(MAX_ALPHA, opac * vis))
                     if next_t <= MIN_TRANSMITTANCE:
                         done[p] = True
                         n_done += 1
@@ -265,20 +251,9 @@ def count_forward(gaussians, bins, grid, out_transmittance, out_last):
             out_transmittance[c, y_lo + p // tw, x_lo + p % tw] = trans[p]
             out_last[c, y_lo + p // tw, x_lo + p % tw] = last[p]
         values = (
-            n_g,
-            n_rows,
-            n_rows_ne,
-            n_span,
-            n_vis,
-            n_exp,
-            n_pass,
-            n_stop,
-            n_blend,
-            npx,
-            n_skip,
-            1,
-        )
-        for i in range(12):
+            n_g, n_rows, n_lanes, n_box, n_vis, n_live, n_stop, n_blend, npx, n_skip, 1
+        )  # fmt: skip
+        for i in range(len(values)):
             counts[job, i] = values[i]
     return counts.sum(axis=0)
 
@@ -292,16 +267,17 @@ def count_backward(gaussians, bins, grid, last_ids):
     n_cameras = means2d.shape[0]
     n_tiles_cam = (offsets.shape[0] - 1) // n_cameras
     n_jobs = n_cameras * n_tiles_cam
-    counts = np.zeros((n_jobs, 11), np.int64)
+    counts = np.zeros((n_jobs, len(BACKWARD_EVENTS)), np.int64)
     for job in prange(n_jobs):
         c, x_lo, y_lo, x_hi, y_hi = _tile_pixels(job, n_tiles_cam, grid)
         tw = x_hi - x_lo + 1
         npx = tw * (y_hi - y_lo + 1)
+        visibility = np.zeros((1, max(grid[2], LANES)))
         start = offsets[job]
         k_max = start - 1
         for p in range(npx):
             k_max = max(k_max, last_ids[c, y_lo + p // tw, x_lo + p % tw])
-        n_g = n_rows = n_rows_ne = n_span = n_vis = n_exp = n_blend = n_free = 0
+        n_g = n_rows = n_lanes = n_box = n_vis = n_blend = n_free = 0
         for k in range(k_max, start - 1, -1):
             n_g += 1
             g = ids[k]
@@ -311,33 +287,26 @@ def count_backward(gaussians, bins, grid, last_ids):
             x0, x1, y0, y1 = _pixel_box(
                 mx, my, radii[c, g, 0], radii[c, g, 1], x_lo, y_lo, x_hi, y_hi
             )
-            s_max = math.log(opac / ALPHA_THRESHOLD)
+            box = (x0 - x_lo, x1 - x_lo)
             for y in range(y0, y1 + 1):
-                dy = my - (y + 0.5)
-                xa, xb = _row_span(mx, dy, ca, cb, cc, s_max, x0, x1)
                 n_rows += 1
-                if xa <= xb:
-                    n_rows_ne += 1
-                for x in range(xa, xb + 1):
-                    n_span += 1
-                    if k > last_ids[c, y, x]:
+                n_lanes += _row_visibility(
+                    mx, my - (y + 0.5), ca, cb, cc, opac, x_lo, tw, box, visibility, 0
+                )
+                for x in range(x0, x1 + 1):
+                    n_box += 1
+                    vis = visibility[0, x - x_lo]
+                    if vis == 0.0:
                         continue
                     n_vis += 1
-                    dx = mx - (x + 0.5)
-                    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                    if sigma < 0.0:
-                        continue
-                    n_exp += 1
-                    vis = _exp_neg(sigma)
-                    alpha = min(MAX_ALPHA, opac * vis)
-                    if alpha < ALPHA_THRESHOLD:
+                    if k > last_ids[c, y, x]:
                         continue
                     n_blend += 1
                     if opac * vis <= MAX_ALPHA:
                         n_free += 1
         n_tail = offsets[job + 1] - (k_max + 1)
-        values = (n_g, n_rows, n_rows_ne, n_span, n_vis, n_exp, n_blend, n_free, npx, n_tail, 1)
-        for i in range(11):
+        values = (n_g, n_rows, n_lanes, n_box, n_vis, n_blend, n_free, npx, n_tail, 1)
+        for i in range(len(values)):
             counts[job, i] = values[i]
     return counts.sum(axis=0)
 
@@ -405,7 +374,7 @@ class Forward(NamedTuple):
     last_ids: np.ndarray
 
 
-def run_forward(inputs: KernelInputs, n_threads: int, out: Forward | None = None) -> Forward:
+def run_forward(inputs: KernelInputs, n_workers: int, out: Forward | None = None) -> Forward:
     """``kernels.render_forward`` as ``cpu._Composite.forward`` calls it (into ``out`` if given)."""
     c, h, w = inputs.n_cameras, inputs.height, inputs.width
     out = out or Forward(
@@ -414,7 +383,7 @@ def run_forward(inputs: KernelInputs, n_threads: int, out: Forward | None = None
         np.empty((c, h, w), np.float64),
         np.empty((c, h, w), np.int64),
     )
-    kernels.render_forward(inputs.gaussians, inputs.bins, inputs.grid, n_threads, *out)
+    kernels.render_forward(inputs.gaussians, inputs.bins, inputs.grid, n_workers, *out)
     return out
 
 
@@ -610,7 +579,7 @@ def _bound(fractions: dict[str, float]) -> tuple[str, str]:
     return "latency/branches", f"no limit above {BOUND_FRACTION:.0%} ({listed})"
 
 
-def _backward_args(inputs: KernelInputs, fwd: Forward, n_threads: int) -> tuple:
+def _backward_args(inputs: KernelInputs, fwd: Forward, n_workers: int) -> tuple:
     """Seeded output gradients and the per-intersection buffers, as ``_Composite.backward``."""
     c, h, w, d = fwd.features.shape
     rng = np.random.default_rng(1)
@@ -619,7 +588,7 @@ def _backward_args(inputs: KernelInputs, fwd: Forward, n_threads: int) -> tuple:
         inputs.gaussians,
         inputs.bins,
         inputs.grid,
-        n_threads,
+        n_workers,
         fwd.transmittance,
         fwd.last_ids,
         rng.standard_normal((c, h, w, d), np.float32),
@@ -683,19 +652,19 @@ def run_roofline_bench(config: RooflineBenchConfig, console: Console | None = No
             progress.advance(task)
 
             torch.set_num_threads(t)
-            n_threads = cpu._configure_threads()
+            n_workers = cpu._configure_threads()
             for name in ("forward", "backward"):
                 progress.update(task, description=f"render_{name}, {t} thread(s)")
                 if name == "forward":
                     target = Forward(*(np.empty_like(a) for a in fwd))
                     seconds = median_seconds(
-                        lambda target=target, n_threads=n_threads: run_forward(
-                            inputs, n_threads, target
+                        lambda target=target, n_workers=n_workers: run_forward(
+                            inputs, n_workers, target
                         ),
                         config.repeats,
                     )
                 else:
-                    args = _backward_args(inputs, fwd, n_threads)
+                    args = _backward_args(inputs, fwd, n_workers)
                     seconds = median_seconds(
                         lambda args=args: kernels.render_backward(*args), config.repeats
                     )
@@ -793,15 +762,15 @@ def _figures(
 def _tables(report: dict) -> list[Table]:
     counts = report["counts"]
     work = Table(title="work per run (counted over render_forward / render_backward's loops)")
-    for column in ("kernel", "gaussian-tile", "visited", "exp", "blended", "GFLOP", "MB", "flop/B"):
+    for column in ("kernel", "gaussian-tile", "exp", "visited", "blended", "GFLOP", "MB", "flop/B"):
         work.add_column(column, justify="right")
     for name in ("forward", "backward"):
         c, w = counts[name], report["work"][name]
         work.add_row(
             name,
             f"{c['gaussians']:,}",
+            f"{c['lanes']:,}",
             f"{c['visited']:,}",
-            f"{c['exp']:,}",
             f"{c['blended']:,}",
             f"{w['flops'] / 1e9:.3f}",
             f"{w['bytes'] / 1e6:.1f}",

@@ -5,14 +5,15 @@ is written by exactly one unit in a fixed order, so results are bit-identical wh
 count. Inputs are float32; per-pixel accumulation is float64.
 
 Within a tile, Gaussians are visited front to back (back to front in the backward pass) and each one
-touches only the pixels inside its screen bounding box, outside of which its alpha is below 1/255.
+touches only the rows of its screen bounding box, outside of which its alpha is below 1/255. For each
+such row its exp is evaluated at every pixel of the tile's row at once, in a branch-free loop that
+vectorises (:func:`_row_visibility`); the blending then visits the pixels where it passes 1/255.
 """
 
 from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -32,36 +33,21 @@ def _pixel_box(mx, my, rx, ry, x_lo, y_lo, x_hi, y_hi):
     return x0, x1, y0, y1
 
 
-@njit(cache=True, inline="always")
-def _row_span(mx, dy, ca, cb, cc, s_max, x0, x1):
-    """Pixels of one row (inclusive, within [x0, x1]) where sigma <= s_max, i.e. alpha >= 1/255.
-
-    Solves 0.5 a dx^2 + b dy dx + 0.5 c dy^2 <= s_max for dx = mx - (x + 0.5), widened by 1e-3 px;
-    the caller still applies the exact alpha test, so the span only saves work.
-    """
-    disc = cb * cb * dy * dy - ca * (cc * dy * dy - 2.0 * s_max)
-    if disc < 0.0:
-        return 1, 0
-    root = math.sqrt(disc)
-    centre = mx - 0.5 + cb * dy / ca
-    half = root / ca + 1e-3
-    return max(x0, math.ceil(centre - half)), min(x1, math.floor(centre + half))
-
-
-_LOG2_E = 1.4426950408889634
-_LN2 = 0.6931471805599453
-_POWERS_OF_HALF = tuple(0.5**i for i in range(64))
+SIGMA_MAX = 8.0
+"""Beyond this sigma no Gaussian (opacity <= 1) reaches alpha 1/255: exp(-8) < 1/255."""
+LANES = 16
+"""Pixels of a row whose visibility is computed by one constant-length (vectorised) loop."""
+NARROW_BOX = 8
+"""Bounding boxes narrower than this many pixels have their own pixels computed, not a whole row."""
 
 
 @njit(cache=True, inline="always")
 def _exp_neg(s):
-    """``exp(-s)`` for ``s >= 0``, inlined (a libm call would spill the pixel loop's registers):
-    ``2^-n e^r`` with ``n = round(s / ln 2)``, ``|r| <= ln 2 / 2``, and ``e^r`` by its degree-7
-    Taylor polynomial (relative error below 1e-8, finer than float32). 0 beyond ``s = 44``."""
-    n = int(s * _LOG2_E + 0.5)
-    if n >= 64:
-        return 0.0
-    r = n * _LN2 - s
+    """``exp(-s)`` for ``0 <= s <= SIGMA_MAX``, branch-free so that a loop of it vectorises:
+    ``(e^(-s/16))^16``, with ``e^(-s/16)`` (``-s/16`` in [-0.5, 0]) by its degree-8 Taylor
+    polynomial. Relative error below 5e-9 where an alpha can reach 1/255 (``s <= ln 255``), below
+    1.4e-7 up to ``SIGMA_MAX``."""
+    r = -0.0625 * s
     poly = 1.0 + r * (
         1.0
         + r
@@ -70,22 +56,52 @@ def _exp_neg(s):
             + r
             * (
                 1.0 / 6.0
-                + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0))))
+                + r
+                * (
+                    1.0 / 24.0
+                    + r
+                    * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0 + r * (1.0 / 40320.0))))
+                )
             )
         )
     )
-    return poly * _POWERS_OF_HALF[n]
+    poly = poly * poly
+    poly = poly * poly
+    poly = poly * poly
+    return poly * poly
 
 
 @njit(cache=True, inline="always")
-def _alpha_at(opac, ca, cb, cc, dx, dy):
-    """A Gaussian's alpha at offset (dx, dy) from its centre: ``min(0.999, o exp(-sigma))``, or 0
-    where it is skipped (sigma < 0 from round-off, or alpha below 1/255)."""
-    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-    if sigma < 0.0:
-        return 0.0
-    alpha = min(MAX_ALPHA, opac * _exp_neg(sigma))
-    return alpha if alpha >= ALPHA_THRESHOLD else 0.0
+def _visibility_at(dx, half_a, b_dy, c_dy, opac):
+    """``exp(-sigma)`` at horizontal offset ``dx`` (``sigma = (a dx / 2 + b dy) dx + c dy^2 / 2``),
+    or 0 where the Gaussian is skipped: sigma < 0 (round-off) or alpha ``o exp(-sigma)`` below
+    1/255. Branch-free (selects only)."""
+    sigma = (half_a * dx + b_dy) * dx + c_dy
+    vis = _exp_neg(min(max(sigma, 0.0), SIGMA_MAX))
+    return vis if (sigma >= 0.0) & (opac * vis >= ALPHA_THRESHOLD) else 0.0
+
+
+@njit(cache=True, inline="always")
+def _row_visibility(mx, dy, ca, cb, cc, opac, x_lo, n, box, out, row):
+    """:func:`_visibility_at` of one Gaussian at the pixel centres ``x_lo + i + 0.5`` of one image
+    row (``dy = my - (y + 0.5)``), into ``out[row, i]``, for at least the pixels ``box`` = (i0, i1)
+    (inclusive) of its bounding box. A box narrower than :data:`NARROW_BOX` pixels gets just its
+    own; otherwise all ``n`` pixels of the tile row are computed (``out`` has room for
+    :data:`LANES`), as exactly ``LANES`` when ``n <= LANES``: a loop of constant length that LLVM
+    unrolls and vectorises. Returns how many pixels were computed."""
+    half_a, b_dy, c_dy = 0.5 * ca, cb * dy, 0.5 * cc * dy * dy
+    i0, i1 = box
+    if i1 - i0 < NARROW_BOX:
+        for i in range(i0, i1 + 1):
+            out[row, i] = _visibility_at(mx - (x_lo + i + 0.5), half_a, b_dy, c_dy, opac)
+        return i1 - i0 + 1
+    if n <= LANES:
+        for i in range(LANES):
+            out[row, i] = _visibility_at(mx - (x_lo + i + 0.5), half_a, b_dy, c_dy, opac)
+        return LANES
+    for i in range(n):
+        out[row, i] = _visibility_at(mx - (x_lo + i + 0.5), half_a, b_dy, c_dy, opac)
+    return n
 
 
 @njit(cache=True, inline="always")
@@ -109,6 +125,41 @@ def _tile_pixels(job, n_tiles_cam, grid):
     x_hi = min(x_lo + tile_size, width) - 1
     y_hi = min(y_lo + tile_size, height) - 1
     return c, x_lo, y_lo, x_hi, y_hi
+
+
+# Fixed cost of a tile (clearing and writing its pixels), in intersections, for the schedule.
+TILE_COST = 4
+
+
+@njit(cache=True)
+def balance_tiles(cost, first, n_workers):
+    """Deal tiles ``first .. first + len(cost) - 1`` to ``n_workers`` workers with about equal
+    work each, ``cost[i]`` being tile ``first + i``'s (intersections to composite).
+
+    Tiles go, costliest first, to the least-loaded worker (longest-processing-time scheduling).
+    Returns ``order`` (the tiles grouped by worker, in tile order within a worker) and ``starts``
+    [n_workers + 1] (worker w's tiles are ``order[starts[w]:starts[w + 1]]``). A picture's tiles
+    differ in cost tenfold (a wall beside a detailed object), so the equal split of the tile
+    range that a plain parallel loop makes leaves one thread idle for much of the time. Which
+    worker composites a tile never changes its result.
+    """
+    n = cost.shape[0]
+    load = np.zeros(n_workers, np.int64)
+    worker = np.empty(n, np.int64)
+    for i in np.argsort(-cost, kind="mergesort"):
+        w = np.argmin(load)
+        worker[i] = w
+        load[w] += cost[i] + TILE_COST
+    starts = np.zeros(n_workers + 1, np.int64)
+    for i in range(n):
+        starts[worker[i] + 1] += 1
+    starts = np.cumsum(starts)
+    placed = starts[:-1].copy()
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        order[placed[worker[i]]] = first + i
+        placed[worker[i]] += 1
+    return order, starts
 
 
 @njit(cache=True, inline="always")
@@ -191,7 +242,7 @@ def bin_gaussians(means2d, radii, depth_order, tile_size, tiles_x, tiles_y, n_th
 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
 def render_forward(
-    gaussians, bins, grid, n_threads, out_features, out_depth, out_transmittance, out_last
+    gaussians, bins, grid, n_workers, out_features, out_depth, out_transmittance, out_last
 ):
     """Composite every tile front to back.
 
@@ -205,66 +256,70 @@ def render_forward(
     shared_features = features.shape[0] == 1
     n_tiles_cam = (offsets.shape[0] - 1) // n_cameras
     n_px = grid[2] * grid[2]
-    acc = np.zeros((n_threads, n_px, dim))
-    acc_depth = np.zeros((n_threads, n_px))
-    trans = np.ones((n_threads, n_px))
-    done = np.zeros((n_threads, n_px), np.bool_)
-    last = np.empty((n_threads, n_px), np.int64)
-    for job in prange(n_cameras * n_tiles_cam):
-        th = numba.get_thread_id()
-        c, x_lo, y_lo, x_hi, y_hi = _tile_pixels(job, n_tiles_cam, grid)
-        cf = 0 if shared_features else c
-        tw = x_hi - x_lo + 1
-        npx = tw * (y_hi - y_lo + 1)
-        acc[th, :npx] = 0.0
-        acc_depth[th, :npx] = 0.0
-        trans[th, :npx] = 1.0
-        done[th, :npx] = False
-        last[th, :npx] = -1
-        n_done = 0
-        for k in range(offsets[job], offsets[job + 1]):
-            if n_done == npx:
-                break
-            g = ids[k]
-            mx, my = means2d[c, g, 0], means2d[c, g, 1]
-            ca, cb, cc = conics[c, g, 0], conics[c, g, 1], conics[c, g, 2]
-            opac = opacities[g]
-            z = depths[c, g]
-            x0, x1, y0, y1 = _pixel_box(
-                mx, my, radii[c, g, 0], radii[c, g, 1], x_lo, y_lo, x_hi, y_hi
-            )
-            s_max = math.log(opac / ALPHA_THRESHOLD)
-            for y in range(y0, y1 + 1):
-                dy = my - (y + 0.5)
-                xa, xb = _row_span(mx, dy, ca, cb, cc, s_max, x0, x1)
-                for x in range(xa, xb + 1):
-                    p = (y - y_lo) * tw + (x - x_lo)
-                    if done[th, p]:
-                        continue
-                    alpha = _alpha_at(opac, ca, cb, cc, mx - (x + 0.5), dy)
-                    if alpha == 0.0:
-                        continue
-                    t_p = trans[th, p]
-                    next_t = t_p * (1.0 - alpha)
-                    if next_t <= MIN_TRANSMITTANCE:  # the pixel stops before this Gaussian
-                        done[th, p] = True
-                        n_done += 1
-                        continue
-                    w = alpha * t_p
-                    for d in range(dim):
-                        acc[th, p, d] += w * features[cf, g, d]
-                    acc_depth[th, p] += w * z
-                    trans[th, p] = next_t
-                    last[th, p] = k
-        for p in range(npx):
-            y = y_lo + p // tw
-            x = x_lo + p % tw
-            t_p = trans[th, p]
-            for d in range(dim):
-                out_features[c, y, x, d] = acc[th, p, d] + t_p * backgrounds[c, d]
-            out_depth[c, y, x] = acc_depth[th, p]
-            out_transmittance[c, y, x] = t_p
-            out_last[c, y, x] = last[th, p]
+    acc = np.zeros((n_workers, n_px, dim))
+    acc_depth = np.zeros((n_workers, n_px))
+    trans = np.ones((n_workers, n_px))
+    done = np.zeros((n_workers, n_px), np.bool_)
+    last = np.empty((n_workers, n_px), np.int64)
+    # one tile row per thread, padded against false sharing
+    visibility = np.zeros((n_workers, max(grid[2], LANES) + 8))
+    order, starts = balance_tiles(np.diff(offsets), 0, n_workers)
+    for th in prange(n_workers):  # th: this worker's rows of the scratch arrays
+        for i in range(starts[th], starts[th + 1]):
+            job = order[i]
+            c, x_lo, y_lo, x_hi, y_hi = _tile_pixels(job, n_tiles_cam, grid)
+            cf = 0 if shared_features else c
+            tw = x_hi - x_lo + 1
+            npx = tw * (y_hi - y_lo + 1)
+            acc[th, :npx] = 0.0
+            acc_depth[th, :npx] = 0.0
+            trans[th, :npx] = 1.0
+            done[th, :npx] = False
+            last[th, :npx] = -1
+            n_done = 0
+            for k in range(offsets[job], offsets[job + 1]):
+                if n_done == npx:
+                    break
+                g = ids[k]
+                mx, my = means2d[c, g, 0], means2d[c, g, 1]
+                ca, cb, cc = conics[c, g, 0], conics[c, g, 1], conics[c, g, 2]
+                opac = opacities[g]
+                z = depths[c, g]
+                x0, x1, y0, y1 = _pixel_box(
+                    mx, my, radii[c, g, 0], radii[c, g, 1], x_lo, y_lo, x_hi, y_hi
+                )
+                box = (x0 - x_lo, x1 - x_lo)
+                for y in range(y0, y1 + 1):
+                    _row_visibility(
+                        mx, my - (y + 0.5), ca, cb, cc, opac, x_lo, tw, box, visibility, th
+                    )
+                    for x in range(x0, x1 + 1):
+                        vis = visibility[th, x - x_lo]
+                        p = (y - y_lo) * tw + (x - x_lo)
+                        if vis == 0.0 or done[th, p]:
+                            continue
+                        alpha = min(MAX_ALPHA, opac * vis)
+                        t_p = trans[th, p]
+                        next_t = t_p * (1.0 - alpha)
+                        if next_t <= MIN_TRANSMITTANCE:  # the pixel stops before this Gaussian
+                            done[th, p] = True
+                            n_done += 1
+                            continue
+                        w = alpha * t_p
+                        for d in range(dim):
+                            acc[th, p, d] += w * features[cf, g, d]
+                        acc_depth[th, p] += w * z
+                        trans[th, p] = next_t
+                        last[th, p] = k
+            for p in range(npx):
+                y = y_lo + p // tw
+                x = x_lo + p % tw
+                t_p = trans[th, p]
+                for d in range(dim):
+                    out_features[c, y, x, d] = acc[th, p, d] + t_p * backgrounds[c, d]
+                out_depth[c, y, x] = acc_depth[th, p]
+                out_transmittance[c, y, x] = t_p
+                out_last[c, y, x] = last[th, p]
 
 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
@@ -272,7 +327,7 @@ def render_backward(
     gaussians,
     bins,
     grid,
-    n_threads,
+    n_workers,
     transmittance,
     last_ids,
     grad_features,
@@ -297,96 +352,102 @@ def render_backward(
     n_px = grid[2] * grid[2]
     # Per pixel, the colour composited behind the current Gaussian enters the gradient only through
     # its dot product with d loss / d colour, so that scalar is carried instead of D channels.
-    behind = np.zeros((n_threads, n_px))
-    behind_depth = np.zeros((n_threads, n_px))
-    trans = np.ones((n_threads, n_px))
-    later = np.ones((n_threads, n_px))  # product of (1 - alpha) over Gaussians behind
-    grad_f = np.zeros((n_threads, dim + 16))  # padded: no cache line shared between threads
-    for job in prange(n_cameras * n_tiles_cam):
-        th = numba.get_thread_id()
+    behind = np.zeros((n_workers, n_px))
+    behind_depth = np.zeros((n_workers, n_px))
+    trans = np.ones((n_workers, n_px))
+    later = np.ones((n_workers, n_px))  # product of (1 - alpha) over Gaussians behind
+    grad_f = np.zeros((n_workers, dim + 16))  # padded: no cache line shared between threads
+    visibility = np.zeros((n_workers, max(grid[2], LANES) + 8))
+    n_jobs = n_cameras * n_tiles_cam
+    live = np.empty(n_jobs, np.int64)  # per tile, its intersections up to its pixels' last
+    for job in prange(n_jobs):
         c, x_lo, y_lo, x_hi, y_hi = _tile_pixels(job, n_tiles_cam, grid)
-        cf = 0 if shared_features else c
-        tw = x_hi - x_lo + 1
-        npx = tw * (y_hi - y_lo + 1)
-        start = offsets[job]
-        k_max = start - 1
-        for p in range(npx):
-            y = y_lo + p // tw
-            x = x_lo + p % tw
-            t_final = transmittance[c, y, x]
-            trans[th, p] = t_final
-            later[th, p] = 1.0
-            behind_depth[th, p] = 0.0
-            bg_dot = 0.0
-            for d in range(dim):
-                bg_dot += backgrounds[c, d] * grad_features[c, y, x, d]
-                tile_grad_background[job, d] += t_final * grad_features[c, y, x, d]
-            behind[th, p] = bg_dot
-            k_max = max(k_max, last_ids[c, y, x])
-        for k in range(k_max + 1, offsets[job + 1]):  # behind every pixel's last: no gradient
-            isect_grad_features[k, :] = 0.0
-            isect_grad_geometry[k, :] = 0.0
-        for k in range(k_max, start - 1, -1):
-            g = ids[k]
-            mx, my = means2d[c, g, 0], means2d[c, g, 1]
-            ca, cb, cc = conics[c, g, 0], conics[c, g, 1], conics[c, g, 2]
-            opac = opacities[g]
-            z = depths[c, g]
-            x0, x1, y0, y1 = _pixel_box(
-                mx, my, radii[c, g, 0], radii[c, g, 1], x_lo, y_lo, x_hi, y_hi
-            )
-            grad_f[th, :] = 0.0
-            g_mx = g_my = g_ca = g_cb = g_cc = g_op = g_z = 0.0
-            s_max = math.log(opac / ALPHA_THRESHOLD)
-            for y in range(y0, y1 + 1):
-                dy = my - (y + 0.5)
-                xa, xb = _row_span(mx, dy, ca, cb, cc, s_max, x0, x1)
-                for x in range(xa, xb + 1):
-                    if k > last_ids[c, y, x]:
-                        continue
-                    p = (y - y_lo) * tw + (x - x_lo)
-                    dx = mx - (x + 0.5)
-                    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                    if sigma < 0.0:
-                        continue
-                    vis = _exp_neg(sigma)
-                    alpha = min(MAX_ALPHA, opac * vis)
-                    if alpha < ALPHA_THRESHOLD:
-                        continue
-                    one_minus = 1.0 - alpha
-                    t_p = trans[th, p] / one_minus  # transmittance in front of this Gaussian
-                    w = alpha * t_p
-                    f_dot = 0.0
-                    for d in range(dim):
-                        go = grad_features[c, y, x, d]
-                        grad_f[th, d] += w * go
-                        f_dot += features[cf, g, d] * go
-                    d_alpha = f_dot - behind[th, p]
-                    behind[th, p] = alpha * f_dot + one_minus * behind[th, p]
-                    gz = grad_depth[c, y, x]
-                    g_z += w * gz
-                    d_alpha += (z - behind_depth[th, p]) * gz
-                    behind_depth[th, p] = alpha * z + one_minus * behind_depth[th, p]
-                    d_alpha = t_p * (d_alpha + later[th, p] * grad_alpha[c, y, x])
-                    later[th, p] *= one_minus
-                    trans[th, p] = t_p
-                    if opac * vis <= MAX_ALPHA:
-                        g_op += vis * d_alpha
-                        d_sigma = -alpha * d_alpha
-                        g_ca += 0.5 * dx * dx * d_sigma
-                        g_cb += dx * dy * d_sigma
-                        g_cc += 0.5 * dy * dy * d_sigma
-                        g_mx += (ca * dx + cb * dy) * d_sigma
-                        g_my += (cb * dx + cc * dy) * d_sigma
-            for d in range(dim):
-                isect_grad_features[k, d] = grad_f[th, d]
-            isect_grad_geometry[k, 0] = g_mx
-            isect_grad_geometry[k, 1] = g_my
-            isect_grad_geometry[k, 2] = g_ca
-            isect_grad_geometry[k, 3] = g_cb
-            isect_grad_geometry[k, 4] = g_cc
-            isect_grad_geometry[k, 5] = g_op
-            isect_grad_geometry[k, 6] = g_z
+        k_max = offsets[job] - 1
+        for y in range(y_lo, y_hi + 1):
+            for x in range(x_lo, x_hi + 1):
+                k_max = max(k_max, last_ids[c, y, x])
+        live[job] = k_max - offsets[job] + 1
+    order, starts = balance_tiles(live, 0, n_workers)
+    for th in prange(n_workers):  # th: this worker's rows of the scratch arrays
+        for i in range(starts[th], starts[th + 1]):
+            job = order[i]
+            c, x_lo, y_lo, x_hi, y_hi = _tile_pixels(job, n_tiles_cam, grid)
+            cf = 0 if shared_features else c
+            tw = x_hi - x_lo + 1
+            npx = tw * (y_hi - y_lo + 1)
+            start = offsets[job]
+            k_max = start - 1 + live[job]
+            for p in range(npx):
+                y = y_lo + p // tw
+                x = x_lo + p % tw
+                t_final = transmittance[c, y, x]
+                trans[th, p] = t_final
+                later[th, p] = 1.0
+                behind_depth[th, p] = 0.0
+                bg_dot = 0.0
+                for d in range(dim):
+                    bg_dot += backgrounds[c, d] * grad_features[c, y, x, d]
+                    tile_grad_background[job, d] += t_final * grad_features[c, y, x, d]
+                behind[th, p] = bg_dot
+            for k in range(k_max + 1, offsets[job + 1]):  # behind every pixel's last: no gradient
+                isect_grad_features[k, :] = 0.0
+                isect_grad_geometry[k, :] = 0.0
+            for k in range(k_max, start - 1, -1):
+                g = ids[k]
+                mx, my = means2d[c, g, 0], means2d[c, g, 1]
+                ca, cb, cc = conics[c, g, 0], conics[c, g, 1], conics[c, g, 2]
+                opac = opacities[g]
+                z = depths[c, g]
+                x0, x1, y0, y1 = _pixel_box(
+                    mx, my, radii[c, g, 0], radii[c, g, 1], x_lo, y_lo, x_hi, y_hi
+                )
+                grad_f[th, :] = 0.0
+                g_mx = g_my = g_ca = g_cb = g_cc = g_op = g_z = 0.0
+                box = (x0 - x_lo, x1 - x_lo)
+                for y in range(y0, y1 + 1):
+                    dy = my - (y + 0.5)
+                    _row_visibility(mx, dy, ca, cb, cc, opac, x_lo, tw, box, visibility, th)
+                    for x in range(x0, x1 + 1):
+                        vis = visibility[th, x - x_lo]
+                        if vis == 0.0 or k > last_ids[c, y, x]:
+                            continue
+                        p = (y - y_lo) * tw + (x - x_lo)
+                        dx = mx - (x + 0.5)
+                        alpha = min(MAX_ALPHA, opac * vis)
+                        one_minus = 1.0 - alpha
+                        t_p = trans[th, p] / one_minus  # transmittance in front of this Gaussian
+                        w = alpha * t_p
+                        f_dot = 0.0
+                        for d in range(dim):
+                            go = grad_features[c, y, x, d]
+                            grad_f[th, d] += w * go
+                            f_dot += features[cf, g, d] * go
+                        d_alpha = f_dot - behind[th, p]
+                        behind[th, p] = alpha * f_dot + one_minus * behind[th, p]
+                        gz = grad_depth[c, y, x]
+                        g_z += w * gz
+                        d_alpha += (z - behind_depth[th, p]) * gz
+                        behind_depth[th, p] = alpha * z + one_minus * behind_depth[th, p]
+                        d_alpha = t_p * (d_alpha + later[th, p] * grad_alpha[c, y, x])
+                        later[th, p] *= one_minus
+                        trans[th, p] = t_p
+                        if opac * vis <= MAX_ALPHA:
+                            g_op += vis * d_alpha
+                            d_sigma = -alpha * d_alpha
+                            g_ca += 0.5 * dx * dx * d_sigma
+                            g_cb += dx * dy * d_sigma
+                            g_cc += 0.5 * dy * dy * d_sigma
+                            g_mx += (ca * dx + cb * dy) * d_sigma
+                            g_my += (cb * dx + cc * dy) * d_sigma
+                for d in range(dim):
+                    isect_grad_features[k, d] = grad_f[th, d]
+                isect_grad_geometry[k, 0] = g_mx
+                isect_grad_geometry[k, 1] = g_my
+                isect_grad_geometry[k, 2] = g_ca
+                isect_grad_geometry[k, 3] = g_cb
+                isect_grad_geometry[k, 4] = g_cc
+                isect_grad_geometry[k, 5] = g_op
+                isect_grad_geometry[k, 6] = g_z
 
 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
@@ -435,7 +496,7 @@ def gather_gradients(
 
 @njit(cache=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
 def accumulate_tiles(
-    gaussians, bins, grid, jobs, n_threads, cells, max_tile_cells, targets, out_sums, out_weights
+    gaussians, bins, grid, jobs, n_workers, cells, max_tile_cells, targets, out_sums, out_weights
 ):
     """Rendering-weighted sums of per-cell targets, per intersection, for tiles ``jobs`` of one
     camera (the forward pass's compositing, with the features replaced by an accumulation).
@@ -455,65 +516,68 @@ def accumulate_tiles(
     n_tiles_cam = offsets.shape[0] - 1
     first_row = offsets[jobs[0]]
     n_px = grid[2] * grid[2]
-    trans = np.ones((n_threads, n_px))
-    done = np.zeros((n_threads, n_px), np.bool_)
-    cell_weight = np.zeros((n_threads, max_tile_cells + 8))  # padded against false sharing
-    for job in prange(jobs[0], jobs[1]):
-        th = numba.get_thread_id()
-        _, x_lo, y_lo, x_hi, y_hi = _tile_pixels(job, n_tiles_cam, grid)
-        tw = x_hi - x_lo + 1
-        npx = tw * (y_hi - y_lo + 1)
-        cy0, cx0 = cell_y[y_lo], cell_x[x_lo]
-        cells_w = cell_x[x_hi] - cx0 + 1
-        n_cells = (cell_y[y_hi] - cy0 + 1) * cells_w
-        trans[th, :npx] = 1.0
-        done[th, :npx] = False
-        n_done = 0
-        for k in range(offsets[job], offsets[job + 1]):
-            row = k - first_row
-            out_sums[row, :] = 0.0
-            out_weights[row] = 0.0
-            if n_done == npx:
-                continue
-            cell_weight[th, :n_cells] = 0.0
-            g = ids[k]
-            mx, my = means2d[0, g, 0], means2d[0, g, 1]
-            ca, cb, cc = conics[0, g, 0], conics[0, g, 1], conics[0, g, 2]
-            opac = opacities[g]
-            x0, x1, y0, y1 = _pixel_box(
-                mx, my, radii[0, g, 0], radii[0, g, 1], x_lo, y_lo, x_hi, y_hi
-            )
-            s_max = math.log(opac / ALPHA_THRESHOLD)
-            for y in range(y0, y1 + 1):
-                dy = my - (y + 0.5)
-                xa, xb = _row_span(mx, dy, ca, cb, cc, s_max, x0, x1)
-                for x in range(xa, xb + 1):
-                    p = (y - y_lo) * tw + (x - x_lo)
-                    if done[th, p]:
-                        continue
-                    alpha = _alpha_at(opac, ca, cb, cc, mx - (x + 0.5), dy)
-                    if alpha == 0.0:
-                        continue
-                    t_p = trans[th, p]
-                    next_t = t_p * (1.0 - alpha)
-                    if next_t <= MIN_TRANSMITTANCE:
-                        done[th, p] = True
-                        n_done += 1
-                        continue
-                    local = (cell_y[y] - cy0) * cells_w + (cell_x[x] - cx0)
-                    cell_weight[th, local] += alpha * t_p * scale_y[y] * scale_x[x]
-                    trans[th, p] = next_t
-            total = 0.0
-            for local in range(n_cells):
-                w = cell_weight[th, local]
-                if w == 0.0:
+    trans = np.ones((n_workers, n_px))
+    done = np.zeros((n_workers, n_px), np.bool_)
+    cell_weight = np.zeros((n_workers, max_tile_cells + 8))  # padded against false sharing
+    visibility = np.zeros((n_workers, max(grid[2], LANES) + 8))
+    order, starts = balance_tiles(np.diff(offsets[jobs[0] : jobs[1] + 1]), jobs[0], n_workers)
+    for th in prange(n_workers):  # th: this worker's rows of the scratch arrays
+        for i in range(starts[th], starts[th + 1]):
+            job = order[i]
+            _, x_lo, y_lo, x_hi, y_hi = _tile_pixels(job, n_tiles_cam, grid)
+            tw = x_hi - x_lo + 1
+            npx = tw * (y_hi - y_lo + 1)
+            cy0, cx0 = cell_y[y_lo], cell_x[x_lo]
+            cells_w = cell_x[x_hi] - cx0 + 1
+            n_cells = (cell_y[y_hi] - cy0 + 1) * cells_w
+            trans[th, :npx] = 1.0
+            done[th, :npx] = False
+            n_done = 0
+            for k in range(offsets[job], offsets[job + 1]):
+                row = k - first_row
+                out_sums[row, :] = 0.0
+                out_weights[row] = 0.0
+                if n_done == npx:
                     continue
-                total += w
-                cy = cy0 + local // cells_w
-                cx = cx0 + local % cells_w
-                for d in range(dim):
-                    out_sums[row, d] += w * targets[cy, cx, d]
-            out_weights[row] = total
+                cell_weight[th, :n_cells] = 0.0
+                g = ids[k]
+                mx, my = means2d[0, g, 0], means2d[0, g, 1]
+                ca, cb, cc = conics[0, g, 0], conics[0, g, 1], conics[0, g, 2]
+                opac = opacities[g]
+                x0, x1, y0, y1 = _pixel_box(
+                    mx, my, radii[0, g, 0], radii[0, g, 1], x_lo, y_lo, x_hi, y_hi
+                )
+                box = (x0 - x_lo, x1 - x_lo)
+                for y in range(y0, y1 + 1):
+                    _row_visibility(
+                        mx, my - (y + 0.5), ca, cb, cc, opac, x_lo, tw, box, visibility, th
+                    )
+                    for x in range(x0, x1 + 1):
+                        vis = visibility[th, x - x_lo]
+                        p = (y - y_lo) * tw + (x - x_lo)
+                        if vis == 0.0 or done[th, p]:
+                            continue
+                        alpha = min(MAX_ALPHA, opac * vis)
+                        t_p = trans[th, p]
+                        next_t = t_p * (1.0 - alpha)
+                        if next_t <= MIN_TRANSMITTANCE:
+                            done[th, p] = True
+                            n_done += 1
+                            continue
+                        local = (cell_y[y] - cy0) * cells_w + (cell_x[x] - cx0)
+                        cell_weight[th, local] += alpha * t_p * scale_y[y] * scale_x[x]
+                        trans[th, p] = next_t
+                total = 0.0
+                for local in range(n_cells):
+                    w = cell_weight[th, local]
+                    if w == 0.0:
+                        continue
+                    total += w
+                    cy = cy0 + local // cells_w
+                    cx = cx0 + local % cells_w
+                    for d in range(dim):
+                        out_sums[row, d] += w * targets[cy, cx, d]
+                out_weights[row] = total
 
 
 @njit(cache=True, parallel=True, error_model="numpy")

@@ -25,9 +25,16 @@ def _numpy(t: Tensor) -> np.ndarray:
 
 
 def _configure_threads() -> int:
-    """Use as many numba threads as torch does; returns the scratch row count the kernels need."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    return numba.config.NUMBA_NUM_THREADS  # thread ids are below this whatever the setting
+    """Use as many numba threads as torch does; returns that count.
+
+    numba's OpenMP threading layer shares libgomp with torch, and starting it resets the thread
+    count torch reads to every core, so torch's own setting is put back after.
+    """
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return numba.get_num_threads()
 
 
 class _Scratch(threading.local):
@@ -60,10 +67,9 @@ def tile_bins(
     n_tiles + ty * tiles_x + tx, lists ``ids[offsets[t]:offsets[t + 1]]``)."""
     tiles_x, tiles_y = tile_grid(width, height, tile_size)
     depth_order = torch.sort(proj.depths.detach(), dim=1, stable=True).indices.numpy()
-    _configure_threads()
     return kernels.bin_gaussians(
         _numpy(proj.means2d), proj.radii.to(torch.int32).contiguous().numpy(), depth_order,
-        tile_size, tiles_x, tiles_y, numba.get_num_threads(),
+        tile_size, tiles_x, tiles_y, _configure_threads(),
     )  # fmt: skip
 
 
@@ -76,7 +82,7 @@ class _Composite(torch.autograd.Function):
         tiles_x, _ = tile_grid(width, height, tile_size)
         n_cameras = means2d.shape[0]
         dim = features.shape[-1]
-        n_threads = _configure_threads()
+        n_workers = _configure_threads()
         # The kernels take the Gaussians, the tile lists and the image grid as three tuples.
         gaussians = (
             *(_numpy(t) for t in (means2d, conics, opacities, features, depths)),
@@ -89,7 +95,7 @@ class _Composite(torch.autograd.Function):
         transmittance = np.empty((n_cameras, height, width), np.float64)
         last_ids = np.empty((n_cameras, height, width), np.int64)
         kernels.render_forward(
-            gaussians, bins, grid, n_threads, out_features.numpy(), out_depth.numpy()[..., 0],
+            gaussians, bins, grid, n_workers, out_features.numpy(), out_depth.numpy()[..., 0],
             transmittance, last_ids,
         )  # fmt: skip
         ctx.gaussians, ctx.bins, ctx.grid = gaussians, bins, grid
@@ -104,7 +110,7 @@ class _Composite(torch.autograd.Function):
         offsets, ids = ctx.bins
         n_cameras, n = depths.shape
         dim = features.shape[-1]
-        n_threads = _configure_threads()
+        n_workers = _configure_threads()
         isect_grad_features = _scratch.array("isect_grad_features", (len(ids), dim), np.float32)
         isect_grad_geometry = _scratch.array("isect_grad_geometry", (len(ids), 7), np.float32)
         tile_grad_background = np.zeros((len(offsets) - 1, dim), np.float64)
@@ -112,7 +118,7 @@ class _Composite(torch.autograd.Function):
             ctx.gaussians,
             ctx.bins,
             ctx.grid,
-            n_threads,
+            n_workers,
             ctx.transmittance,
             ctx.last_ids,
             _numpy(grad_features),
@@ -133,7 +139,7 @@ class _Composite(torch.autograd.Function):
             isect_grad_features,
             isect_grad_geometry,
             features.shape[0],
-            numba.get_num_threads(),
+            n_workers,
             grad_feature_sets,
             grad_geometry,
             grad_opacities,

@@ -38,18 +38,22 @@ def pool_to_cells(maps: Tensor, stride: int) -> Tensor:
     """Average maps [B, C, H, W] over stride x stride cells -> [B, C, ceil(H/s), ceil(W/s)].
 
     A partial cell at the right or bottom edge averages only the pixels it has, matching how a
-    teacher's cell describes the pixels it covers.
+    teacher's cell describes the pixels it covers. The cells are summed with the channels last,
+    a free view of the renders (which are [B, H, W, C] in memory): forward and backward take
+    less than half the time of pooling them as channels-first images.
     """
     h, w = maps.shape[-2:]
-    pad = (0, (-w) % stride, 0, (-h) % stride)
-    sums = torch.nn.functional.avg_pool2d(
-        torch.nn.functional.pad(maps, pad), stride, stride, divisor_override=1
+    rows, cols = -(-h // stride), -(-w // stride)
+    last = maps.movedim(-3, -1)
+    padded = torch.nn.functional.pad(last, (0, 0, 0, cols * stride - w, 0, rows * stride - h))
+    sums = padded.reshape(*last.shape[:-3], rows, stride, cols, stride, last.shape[-1]).sum(
+        (-4, -2)
     )
-    ones = torch.nn.functional.pad(
-        torch.ones(1, 1, h, w, dtype=maps.dtype, device=maps.device), pad
-    )
-    counts = torch.nn.functional.avg_pool2d(ones, stride, stride, divisor_override=1)
-    return sums / counts
+    starts = torch.arange(max(rows, cols), device=maps.device) * stride
+    count_y = (h - starts[:rows]).clamp_max(stride)
+    count_x = (w - starts[:cols]).clamp_max(stride)
+    counts = (count_y[:, None] * count_x[None, :]).to(maps.dtype)
+    return (sums / counts[..., None]).movedim(-1, -3)
 
 
 def grid_stride(teacher: Teacher) -> int | None:
