@@ -48,23 +48,15 @@ def _exp_neg(s):
     polynomial. Relative error below 5e-9 where an alpha can reach 1/255 (``s <= ln 255``), below
     1.4e-7 up to ``SIGMA_MAX``."""
     r = -0.0625 * s
-    poly = 1.0 + r * (
-        1.0
-        + r
-        * (
-            0.5
-            + r
-            * (
-                1.0 / 6.0
-                + r
-                * (
-                    1.0 / 24.0
-                    + r
-                    * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0 + r * (1.0 / 40320.0))))
-                )
-            )
-        )
-    )
+    poly = 1.0 / 40320.0  # Horner's scheme, highest power first
+    poly = poly * r + 1.0 / 5040.0
+    poly = poly * r + 1.0 / 720.0
+    poly = poly * r + 1.0 / 120.0
+    poly = poly * r + 1.0 / 24.0
+    poly = poly * r + 1.0 / 6.0
+    poly = poly * r + 0.5
+    poly = poly * r + 1.0
+    poly = poly * r + 1.0
     poly = poly * poly
     poly = poly * poly
     poly = poly * poly
