@@ -105,9 +105,9 @@ class FeatureField:
             near_plane=self.near_plane, backgrounds=background, backend=backend,
             validate=validate,
         )  # fmt: skip
-        return FieldRender(
-            out.features[..., :3], out.features[..., 3:], out.depth, out.alpha, out.meta
-        )
+        # split, not two slices: its backward writes one gradient, not two zero-filled ones
+        rgb, features = out.features.split([3, out.features.shape[-1] - 3], dim=-1)
+        return FieldRender(rgb, features, out.depth, out.alpha, out.meta)
 
     def check_values(self, cameras: Cameras | None = None) -> None:
         """The rasterizer's value checks on this field (and ``cameras``, when given), once:
