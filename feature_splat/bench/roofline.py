@@ -43,8 +43,8 @@ from feature_splat.rasterizer import cpu
 from feature_splat.rasterizer._cpu_kernels import (
     _FASTMATH,
     LANES,
-    _pixel_box,
     _row_visibility,
+    _tile_gaussian,
     _tile_pixels,
 )
 from feature_splat.rasterizer.projection import (
@@ -216,11 +216,8 @@ def count_forward(gaussians, bins, grid, out_transmittance, out_last):
                 break
             n_g += 1
             g = ids[k]
-            mx, my = means2d[c, g, 0], means2d[c, g, 1]
-            ca, cb, cc = conics[c, g, 0], conics[c, g, 1], conics[c, g, 2]
-            opac = opacities[g]
-            x0, x1, y0, y1 = _pixel_box(
-                mx, my, radii[c, g, 0], radii[c, g, 1], x_lo, y_lo, x_hi, y_hi
+            mx, my, ca, cb, cc, opac, x0, x1, y0, y1 = _tile_gaussian(
+                g, c, means2d, conics, opacities, radii, x_lo, y_lo, x_hi, y_hi
             )
             box = (x0 - x_lo, x1 - x_lo)
             for y in range(y0, y1 + 1):
@@ -281,11 +278,8 @@ def count_backward(gaussians, bins, grid, last_ids):
         for k in range(k_max, start - 1, -1):
             n_g += 1
             g = ids[k]
-            mx, my = means2d[c, g, 0], means2d[c, g, 1]
-            ca, cb, cc = conics[c, g, 0], conics[c, g, 1], conics[c, g, 2]
-            opac = opacities[g]
-            x0, x1, y0, y1 = _pixel_box(
-                mx, my, radii[c, g, 0], radii[c, g, 1], x_lo, y_lo, x_hi, y_hi
+            mx, my, ca, cb, cc, opac, x0, x1, y0, y1 = _tile_gaussian(
+                g, c, means2d, conics, opacities, radii, x_lo, y_lo, x_hi, y_hi
             )
             box = (x0 - x_lo, x1 - x_lo)
             for y in range(y0, y1 + 1):

@@ -33,6 +33,16 @@ def _pixel_box(mx, my, rx, ry, x_lo, y_lo, x_hi, y_hi):
     return x0, x1, y0, y1
 
 
+@njit(cache=True, inline="always")
+def _tile_gaussian(g, c, means2d, conics, opacities, radii, x_lo, y_lo, x_hi, y_hi):
+    """Gaussian ``g`` as camera ``c`` sees it: its mean (mx, my), conic (a, b, c) and opacity,
+    and its :func:`_pixel_box` in the tile ``x_lo..x_hi`` x ``y_lo..y_hi``."""
+    mx, my = means2d[c, g, 0], means2d[c, g, 1]
+    x0, x1, y0, y1 = _pixel_box(mx, my, radii[c, g, 0], radii[c, g, 1], x_lo, y_lo, x_hi, y_hi)
+    ca, cb, cc = conics[c, g, 0], conics[c, g, 1], conics[c, g, 2]
+    return mx, my, ca, cb, cc, opacities[g], x0, x1, y0, y1
+
+
 SIGMA_MAX = 8.0
 """Beyond this sigma no Gaussian (opacity <= 1) reaches alpha 1/255: exp(-8) < 1/255."""
 LANES = 16
@@ -273,13 +283,10 @@ def render_forward(
                 if n_done == npx:
                     break
                 g = ids[k]
-                mx, my = means2d[c, g, 0], means2d[c, g, 1]
-                ca, cb, cc = conics[c, g, 0], conics[c, g, 1], conics[c, g, 2]
-                opac = opacities[g]
-                z = depths[c, g]
-                x0, x1, y0, y1 = _pixel_box(
-                    mx, my, radii[c, g, 0], radii[c, g, 1], x_lo, y_lo, x_hi, y_hi
+                mx, my, ca, cb, cc, opac, x0, x1, y0, y1 = _tile_gaussian(
+                    g, c, means2d, conics, opacities, radii, x_lo, y_lo, x_hi, y_hi
                 )
+                z = depths[c, g]
                 box = (x0 - x_lo, x1 - x_lo)
                 for y in range(y0, y1 + 1):
                     _row_visibility(
@@ -386,13 +393,10 @@ def render_backward(
                 isect_grad_geometry[k, :] = 0.0
             for k in range(k_max, start - 1, -1):
                 g = ids[k]
-                mx, my = means2d[c, g, 0], means2d[c, g, 1]
-                ca, cb, cc = conics[c, g, 0], conics[c, g, 1], conics[c, g, 2]
-                opac = opacities[g]
-                z = depths[c, g]
-                x0, x1, y0, y1 = _pixel_box(
-                    mx, my, radii[c, g, 0], radii[c, g, 1], x_lo, y_lo, x_hi, y_hi
+                mx, my, ca, cb, cc, opac, x0, x1, y0, y1 = _tile_gaussian(
+                    g, c, means2d, conics, opacities, radii, x_lo, y_lo, x_hi, y_hi
                 )
+                z = depths[c, g]
                 grad_f[th, :] = 0.0
                 g_mx = g_my = g_ca = g_cb = g_cc = g_op = g_z = 0.0
                 box = (x0 - x_lo, x1 - x_lo)
@@ -533,11 +537,8 @@ def accumulate_tiles(
                     continue
                 cell_weight[th, :n_cells] = 0.0
                 g = ids[k]
-                mx, my = means2d[0, g, 0], means2d[0, g, 1]
-                ca, cb, cc = conics[0, g, 0], conics[0, g, 1], conics[0, g, 2]
-                opac = opacities[g]
-                x0, x1, y0, y1 = _pixel_box(
-                    mx, my, radii[0, g, 0], radii[0, g, 1], x_lo, y_lo, x_hi, y_hi
+                mx, my, ca, cb, cc, opac, x0, x1, y0, y1 = _tile_gaussian(
+                    g, 0, means2d, conics, opacities, radii, x_lo, y_lo, x_hi, y_hi
                 )
                 box = (x0 - x_lo, x1 - x_lo)
                 for y in range(y0, y1 + 1):
